@@ -150,7 +150,7 @@ def regions_to_pixels(weights, boxes, image_size, mode: str = "max", valid=None)
         ``[..., H, W]`` float map, of the same type (tensor or ndarray) as ``weights``.
 
     >>> m = regions_to_pixels(np.array([1.0, 0.5]), np.array([[0, 0, 2, 2], [1, 1, 4, 4]]), (4, 4))
-    >>> m[1, 1], m[3, 3], m[0, 3]
+    >>> m[1, 1].item(), m[3, 3].item(), m[0, 3].item()
     (1.0, 0.5, 0.0)
     """
     if mode not in MODES:
