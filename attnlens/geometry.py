@@ -204,16 +204,27 @@ def _max(w, b, h, wd):
         out = vals.amax(1)
         return torch.where(masks.any(1), out, torch.zeros_like(out))
     # paint boxes in ascending weight order: the last write is the largest weight
-    out = torch.zeros(n, h, wd, dtype=w.dtype, device=w.device)
+    # (paint region numbers into a small integer canvas, R meaning "no box", then look the weights
+    # up: the same last-write-wins result with 8x less memory traffic than painting floats; a
+    # numpy canvas: allocating with torch.zeros was the slowest step)
     order = torch.argsort(w, dim=1, stable=True).cpu().numpy()
     wn = w.detach().cpu().numpy()
-    canvas = out.cpu().numpy() if out.device.type != "cpu" else out.numpy()
-    covered = np.zeros((h, wd), dtype=bool)
+    maps = []
+    label = np.empty((h, wd), dtype=np.uint8 if R < 256 else np.int64)
     for i in range(n):
-        covered[:] = False
+        label.fill(R)
         for r in order[i]:
             if r1[i, r] > r0[i, r] and c1[i, r] > c0[i, r]:
-                canvas[i, r0[i, r]:r1[i, r], c0[i, r]:c1[i, r]] = wn[i, r]
+                label[r0[i, r]:r1[i, r], c0[i, r]:c1[i, r]] = r
+        table = np.zeros(max(R + 1, 256), dtype=wn.dtype)
+        table[:R] = wn[i]
+        if R < 256 and wn.dtype in (np.float32, np.float64):
+            import cv2  # a table lookup of uint8 labels; far faster than numpy fancy indexing
+
+            maps.append(cv2.LUT(label, table))
+        else:
+            maps.append(table[label])
+    canvas = maps[0][None] if n == 1 else np.stack(maps)
     return torch.as_tensor(canvas, device=w.device)
 
 

@@ -1,0 +1,31 @@
+"""Rendering: heat-map overlays, token highlighting, comparison grids, linked interactive views.
+
+Rendering never calls a model: it takes arrays, :class:`~attnlens.attention_map.AttentionMap`
+objects and :class:`~attnlens.types.Regions`. Region weights become pixels through the same
+code as the metrics (:func:`attnlens.geometry.regions_to_pixels`). Images are RGB; inputs are
+never modified; an array in gives an array out and a PIL image in gives a PIL image out.
+
+* :func:`overlay` - a heat map blended over an image, with ground-truth and top-k boxes.
+* :func:`tokens` - words highlighted by scores (HTML and a matplotlib strip).
+* :func:`grid` - small multiples (rows: alignment functions / layers / heads, columns: words).
+* :func:`interactive` - a plotly view linking words and regions, saved as offline HTML.
+* :func:`save` - PNG/SVG/PDF for static figures, HTML for interactive ones (atomic writes).
+
+Note: the functions ``overlay``, ``tokens``, ``grid`` and ``interactive`` share their names with
+the modules that define them; ``attnlens.render.overlay`` is the function. Import module
+internals with ``from attnlens.render.overlay import as_rgb``.
+"""
+from .export import atomic_write, save, save_figure, save_image
+from .heatmap import colorize, colormap_lut, limits, normalize, resize_map, to_pixels
+from .overlay import as_rgb, draw_boxes, overlay_regions
+from .overlay import overlay  # noqa: E402  (binds the name to the function, not the module)
+from .tokens import TokenStrip
+from .tokens import tokens  # noqa: E402
+from .grid import grid_limits, grid_maps
+from .grid import grid  # noqa: E402
+from .interactive import InteractiveView, save_html
+from .interactive import interactive  # noqa: E402
+
+__all__ = ["overlay", "overlay_regions", "tokens", "TokenStrip", "grid", "grid_limits", "grid_maps",
+           "interactive", "InteractiveView", "save_html", "save", "save_figure", "save_image", "atomic_write",
+           "as_rgb", "draw_boxes", "colorize", "colormap_lut", "limits", "normalize", "resize_map", "to_pixels"]
