@@ -1,0 +1,152 @@
+"""Captions and questions of the built-in scenes, from a small grammar.
+
+Noun phrases name an object by colour and shape (unique in a scene), sometimes with its size
+("a small red circle"); a shape alone ("a star") only when no other object has that shape.
+Captions are one noun phrase, two joined by "and", or two joined by a spatial relation
+("a red circle left of a blue square"); every noun phrase is a :class:`Phrase` linked to its
+object's box. Questions have exactly one answer in their scene and list the objects the answer
+depends on.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..types import GroundedCaption, Phrase
+from .scenes_spec import COLORS, NUMBERS, PLURALS, SHAPES, QuestionAnswer, SceneConfig, SceneObject
+
+_NO_BOX = np.zeros((0, 4))
+
+
+def _pick(rng, seq):
+    return seq[int(rng.random() * len(seq))]
+
+
+def noun_phrase(rng, obj: SceneObject, shape_counts: Counter, size_rate: float) -> tuple[str, ...]:
+    """Tokens of a noun phrase that names ``obj`` uniquely in its scene (``shape_counts``: objects per shape)."""
+    if shape_counts[obj.shape] == 1 and rng.random() < 0.15:
+        return ("a", obj.shape)
+    if rng.random() < size_rate:
+        return ("a", obj.size, obj.color, obj.shape)
+    return ("a", obj.color, obj.shape)
+
+
+def relation(a: SceneObject, b: SceneObject) -> tuple[str, ...]:
+    """Spatial relation of ``a`` to ``b`` along the axis where their centres differ most."""
+    ca = (a.box[:2] + a.box[2:]) / 2
+    cb = (b.box[:2] + b.box[2:]) / 2
+    dx, dy = ca - cb
+    if abs(dx) >= abs(dy):
+        return ("left", "of") if dx < 0 else ("right", "of")
+    return ("above",) if dy < 0 else ("below",)
+
+
+def make_caption(rng, image_id: str, objects, cfg: SceneConfig, image_size,
+                 shape_counts: Counter | None = None, phrase_cache: dict | None = None) -> GroundedCaption:
+    """One grounded caption of a scene (``phrase_cache`` shares equal, immutable phrases between captions)."""
+    if shape_counts is None:
+        shape_counts = Counter(o.shape for o in objects)
+    if phrase_cache is None:
+        phrase_cache = {}
+    parts: list = []
+    first = _pick(rng, objects)
+    if len(objects) >= 2 and rng.random() < 0.75:
+        second = _pick(rng, [o for o in objects if o is not first])
+        link = relation(first, second) if rng.random() < cfg.relation_rate / 0.75 else ("and",)
+        parts = [first, link, second]
+    else:
+        parts = [("there", "is") if rng.random() < 0.3 else (), first]
+    tokens: list[str] = []
+    phrases = []
+    for part in parts:
+        if isinstance(part, SceneObject):
+            np_tokens = noun_phrase(rng, part, shape_counts, cfg.size_rate)
+            key = (part.object_id, np_tokens, len(tokens))
+            phrase = phrase_cache.get(key)
+            if phrase is None:
+                phrase = phrase_cache[key] = Phrase(str(part.object_id), (part.shape,), len(tokens), np_tokens,
+                                                    part.box[None])
+            phrases.append(phrase)
+            tokens.extend(np_tokens)
+        else:
+            tokens.extend(part)
+    return GroundedCaption(image_id, tuple(tokens), tuple(phrases), image_size)
+
+
+def make_captions(rng, image_id: str, objects, cfg: SceneConfig, image_size) -> tuple[GroundedCaption, ...]:
+    """``cfg.captions_per_image`` captions, distinct where the scene allows."""
+    out: list[GroundedCaption] = []
+    seen: set = set()
+    tries = 0
+    counts = Counter(o.shape for o in objects)
+    cache: dict = {}
+    while len(out) < cfg.captions_per_image:
+        cap = make_caption(rng, image_id, objects, cfg, image_size, counts, cache)
+        tries += 1
+        if cap.tokens in seen and tries < 10 * cfg.captions_per_image:
+            continue
+        seen.add(cap.tokens)
+        out.append(cap)
+    return tuple(out)
+
+
+def _qa(tokens, answer, objs, kind) -> QuestionAnswer:
+    boxes = (objs[0].box[None] if len(objs) == 1 else np.stack([o.box for o in objs])) if objs else _NO_BOX
+    return QuestionAnswer(tuple(tokens), answer, tuple(o.object_id for o in objs), boxes, kind)
+
+
+def _question(rng, kind: str, objects, counts: Counter) -> QuestionAnswer | None:
+    obj = _pick(rng, objects)
+    if kind == "color":
+        if counts[obj.shape] > 1:
+            return None
+        return _qa(("what", "color", "is", "the", obj.shape), obj.color, [obj], kind)
+    if kind == "shape":
+        if counts[obj.color] > 1:
+            return None
+        return _qa(("what", "shape", "is", "the", obj.color, "object"), obj.shape, [obj], kind)
+    if kind == "size":
+        return _qa(("what", "size", "is", "the", obj.color, obj.shape), obj.size, [obj], kind)
+    if kind == "exists_yes":
+        return _qa(("is", "there", "a", obj.color, obj.shape), "yes", [obj], "exists")
+    if kind == "exists_no":  # an absent pair sharing the colour or the shape of a present object
+        present = {(o.shape, o.color) for o in objects}
+        options = [(obj.shape, c) for c in COLORS] + [(s, obj.color) for s in SHAPES]
+        options = [p for p in options if p not in present]
+        if not options:
+            return None
+        shape, color = _pick(rng, options)
+        return _qa(("is", "there", "a", color, shape), "no", [], "exists")
+    if kind == "count_shape":
+        shape = obj.shape if rng.random() < 0.85 else _pick(rng, SHAPES)
+        objs = [o for o in objects if o.shape == shape]
+        return _qa(("how", "many", PLURALS[shape], "are", "there"), NUMBERS[len(objs)], objs, "count")
+    if kind == "count_color":
+        color = obj.color if rng.random() < 0.85 else _pick(rng, COLORS)
+        objs = [o for o in objects if o.color == color]
+        return _qa(("how", "many", color, "objects", "are", "there"), NUMBERS[len(objs)], objs, "count")
+    raise ValueError(kind)
+
+
+QUESTION_KINDS = ("color", "shape", "size", "exists_yes", "exists_no", "count_shape", "count_color")
+
+
+def make_questions(rng, objects, cfg: SceneConfig) -> tuple[QuestionAnswer, ...]:
+    """``cfg.questions_per_image`` distinct questions of mixed kinds (fewer if the scene allows no more)."""
+    out: list[QuestionAnswer] = []
+    seen: set = set()
+    kinds = list(QUESTION_KINDS)
+    counts = Counter(o.shape for o in objects) + Counter(o.color for o in objects)  # names are disjoint
+    tries = 0
+    while len(out) < cfg.questions_per_image and tries < 12 * max(cfg.questions_per_image, 1):
+        if tries % len(kinds) == 0:
+            order = rng.permutation(len(kinds))
+        kind = kinds[order[tries % len(kinds)]]
+        tries += 1
+        qa = _question(rng, kind, objects, counts)
+        if qa is None or qa.tokens in seen:
+            continue
+        seen.add(qa.tokens)
+        out.append(qa)
+    return tuple(out)
