@@ -1,0 +1,106 @@
+"""Reference maps that every grounding score should be read against.
+
+* ``uniform``: a constant map. Under the first-maximum rule it points at the top-left pixel; its
+  mass accuracy equals the area share of G; its AUROC is 0.5.
+* ``centre``: an isotropic Gaussian centred on the image (sigma = ``sigma`` x the shorter side);
+  the centre bias of photographs makes this a strong baseline.
+* ``random``: i.i.d. uniform [0, 1) pixels from a seeded generator.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ...errors import UnknownNameError
+from ._common import as_tensor
+from .grounding import (mask_auroc, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy,
+                        topk_intersection)
+
+BASELINES = ("uniform", "centre", "random")
+
+
+def uniform_map(n: int, height: int, width: int) -> torch.Tensor:
+    """``[n, H, W]`` constant maps summing to 1.
+
+    >>> uniform_map(1, 2, 2).tolist()
+    [[[0.25, 0.25], [0.25, 0.25]]]
+    """
+    return torch.full((n, height, width), 1.0 / (height * width), dtype=torch.float64)
+
+
+def centre_map(n: int, height: int, width: int, sigma: float = 0.25) -> torch.Tensor:
+    """``[n, H, W]`` Gaussian centred on the image (pixel centres), summing to 1.
+
+    >>> m = centre_map(1, 5, 5); int(m[0].argmax())
+    12
+    """
+    s = sigma * min(height, width)
+    r = torch.arange(height, dtype=torch.float64) + 0.5 - height / 2
+    c = torch.arange(width, dtype=torch.float64) + 0.5 - width / 2
+    g = torch.exp(-(r[:, None] ** 2 + c[None, :] ** 2) / (2 * s * s))
+    return (g / g.sum()).expand(n, height, width).clone()
+
+
+def random_map(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """``[n, H, W]`` i.i.d. uniform maps from ``torch.Generator().manual_seed(seed)``.
+
+    >>> bool((random_map(1, 3, 3, seed=1) == random_map(1, 3, 3, seed=1)).all())
+    True
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.rand(n, height, width, generator=g, dtype=torch.float64)
+
+
+def baseline_maps(name: str, n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """The baseline map ``name`` (one of :data:`BASELINES`) as ``[n, H, W]``."""
+    if name == "uniform":
+        return uniform_map(n, height, width)
+    if name == "centre":
+        return centre_map(n, height, width)
+    if name == "random":
+        return random_map(n, height, width, seed)
+    raise UnknownNameError("baseline", name, BASELINES)
+
+
+_METRICS = {
+    "pointing_game": lambda m, g, o: pointing_game(m, g, tolerance=o.get("tolerance", 15)),
+    "relevance_mass_accuracy": lambda m, g, o: relevance_mass_accuracy(m, g),
+    "relevance_rank_accuracy": lambda m, g, o: relevance_rank_accuracy(m, g),
+    "mask_auroc": lambda m, g, o: mask_auroc(m, g),
+    "topk_intersection": lambda m, g, o: topk_intersection(m, g, k=min(o.get("k", 1000), m.shape[1] * m.shape[2])),
+}
+
+
+def grounding_baselines(masks, metrics: Sequence[str] = ("pointing_game", "relevance_mass_accuracy",
+                                                          "relevance_rank_accuracy", "mask_auroc"),
+                        baselines: Sequence[str] = BASELINES, seed: int = 0,
+                        **options) -> dict[str, dict[str, torch.Tensor]]:
+    """Score the baseline maps on the ground-truth ``masks`` ``[N, H, W]``.
+
+    Args:
+        masks: ``[N, H, W]`` bool ground-truth regions.
+        metrics: names among ``pointing_game``, ``relevance_mass_accuracy``,
+            ``relevance_rank_accuracy``, ``mask_auroc``, ``topk_intersection``.
+        baselines: names among :data:`BASELINES`.
+        seed: seed of the random map.
+        **options: ``tolerance`` (pointing game, default 15), ``k`` (top-k intersection).
+
+    Returns:
+        ``{baseline: {metric: [N] float64}}``.
+
+    >>> g = torch.zeros(1, 8, 8, dtype=torch.bool); g[0, 6:, 6:] = True
+    >>> r = grounding_baselines(g, metrics=("pointing_game",), tolerance=0)
+    >>> r["uniform"]["pointing_game"].tolist(), r["centre"]["pointing_game"].tolist()
+    ([0.0], [0.0])
+    """
+    masks = as_tensor(masks, "grounding_baselines: masks").bool()
+    for m in metrics:
+        if m not in _METRICS:
+            raise UnknownNameError("grounding metric", m, _METRICS)
+    n, h, w = masks.shape
+    out = {}
+    for b in baselines:
+        maps = baseline_maps(b, n, h, w, seed)
+        out[b] = {m: _METRICS[m](maps, masks, options) for m in metrics}
+    return out
