@@ -13,6 +13,7 @@ Region weights become pixel maps in one of two modes:
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -128,7 +129,7 @@ def box_masks(boxes, image_size) -> torch.Tensor:
 
 def union_mask(boxes, image_size) -> torch.Tensor:
     """``[H, W]`` mask of the union of boxes ``[n, 4]`` (all False for no boxes)."""
-    b = torch.as_tensor(_boxes(boxes))
+    b = torch.from_numpy(_boxes(boxes).copy())
     if len(b) == 0:
         return torch.zeros(image_size, dtype=torch.bool)
     return box_masks(b, image_size).any(dim=0)
@@ -173,10 +174,14 @@ def regions_to_pixels(weights, boxes, image_size, mode: str = "max", valid=None)
         w = torch.where(denom != 0, kept * total / torch.where(denom != 0, denom, torch.ones_like(denom)), kept)
     batch = torch.broadcast_shapes(w.shape[:-1], b.shape[:-2])
     R = w.shape[-1]
-    w2 = w.expand(*batch, R).reshape(-1, R)
-    b2 = b.expand(*batch, R, 4).reshape(-1, R, 4)
+    n = math.prod(batch)
+    w2 = w.expand(*batch, R).reshape(n, R)
+    b2 = b.expand(*batch, R, 4).reshape(n, R, 4)
     h, wd = (int(x) for x in image_size)
-    out = _density(w2, b2, h, wd) if mode == "density" else _max(w2, b2, h, wd)
+    if R == 0:  # no regions: nothing is covered
+        out = torch.zeros(w2.shape[0], h, wd, dtype=w2.dtype, device=w2.device)
+    else:
+        out = _density(w2, b2, h, wd) if mode == "density" else _max(w2, b2, h, wd)
     out = out.reshape(*batch, h, wd)
     return out.cpu().numpy() if as_numpy else out
 

@@ -88,3 +88,16 @@ def test_iou_known():
     assert g.box_iou([[0, 0, 2, 2]], [[0, 0, 2, 2]])[0, 0] == 1.0
     assert g.box_iou([[0, 0, 1, 1]], [[2, 2, 3, 3]])[0, 0] == 0.0
     assert g.box_iou([[0, 0, 0, 0]], [[0, 0, 0, 0]])[0, 0] == 0.0
+
+
+def test_zero_regions_give_empty_map():
+    out = g.regions_to_pixels(np.zeros(0), np.zeros((0, 4)), (3, 5))
+    assert out.shape == (3, 5) and not out.any()
+    out = g.regions_to_pixels(torch.zeros(2, 0), torch.zeros(2, 0, 4), (3, 5), mode="density")
+    assert out.shape == (2, 3, 5) and not out.any()
+
+
+def test_union_mask_accepts_read_only_boxes():
+    boxes = np.array([[0.0, 0.0, 2.0, 2.0]])
+    boxes.setflags(write=False)
+    assert int(g.union_mask(boxes, (4, 4)).sum()) == 4
