@@ -1,0 +1,123 @@
+"""The contract between task models (matching, VQA, generation) and the study.
+
+A *task* trains or loads a model on the built-in scenes, measures its task performance, and
+turns test examples into :class:`AnalysisExample` objects: everything the metrics need for one
+(image, text) pair, with no model-specific code left for the study to write.
+
+Axes of ``AnalysisExample.attention``: ``("word", "region")`` — each text token's weights over
+the image regions (rows sum to 1 over the regions), whatever the model's own direction. For an
+image-to-text model the study still scores *word -> region* grounding; the task says how it
+derived that map in ``attention.meta["derived"]``.
+
+Faithfulness: ``Task.scorer(model, examples, removal=...)`` returns ``score(keep, index)`` where
+``keep`` is a bool tensor ``[M, R]`` (regions kept) and ``index`` a long tensor ``[M]`` (which
+example each row belongs to); it returns the model's scored output ``[M]`` (the image-text
+similarity for matching, the probability of the model's own predicted answer for VQA, ...),
+computed in batched forwards. Removal modes: ``"mask"`` (removed regions are dropped from the
+attention), ``"zero"`` (their features zeroed), ``"mean"`` (replaced by the mean feature).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import RegistryError, UnknownNameError
+from ..types import AttentionMap, Regions
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+REMOVALS = ("mask", "zero", "mean")
+
+
+@dataclass(frozen=True, eq=False)
+class GroundingTarget:
+    """A token span of the text whose ground-truth boxes are known.
+
+    Attributes:
+        tokens: indices of the span's tokens in ``AnalysisExample.tokens``.
+        boxes: ``[n, 4]`` xyxy ground-truth boxes (original-image pixels).
+        label: the phrase text (for tables and figure titles).
+        head: index of the span's head token (the noun), used for word-level maps.
+    """
+
+    tokens: tuple[int, ...]
+    boxes: np.ndarray
+    label: str
+    head: int
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisExample:
+    """One (image, text) pair ready for grounding and faithfulness analysis.
+
+    Attributes:
+        example_id: stable id (``"<image_id>/<caption index>"``).
+        image: ``[H, W, 3]`` uint8 RGB.
+        regions: the image's region boxes (``Regions``, R of them).
+        tokens: the caption or question tokens (L of them).
+        attention: ``AttentionMap`` with dims ``("word", "region")``, shape ``[L, R]``.
+        targets: grounded spans with their boxes.
+        region_valid: ``[R]`` bool, False for padded regions.
+        output: the model's scored output on the full input (float).
+        meta: task-specific extras (answer, prediction, alignment, ...).
+    """
+
+    example_id: str
+    image: np.ndarray
+    regions: Regions
+    tokens: tuple[str, ...]
+    attention: AttentionMap
+    targets: tuple[GroundingTarget, ...]
+    region_valid: np.ndarray
+    output: float
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def region_importance(self) -> torch.Tensor:
+        """``[R]`` attention summarised over the words (mean), the order used by deletion curves."""
+        return self.attention.weights.float().mean(0)
+
+
+class Task(Protocol):
+    """What the study needs from a task (see the module docstring)."""
+
+    name: str
+
+    def default_config(self, preset: str) -> dict: ...
+
+    def train(self, *, alignment: str, seed: int, out_dir: Path, config: dict | None = None,
+              device: str = "cpu", progress: bool = True) -> Path: ...
+
+    def load(self, checkpoint_dir: Path, device: str = "cpu") -> torch.nn.Module: ...
+
+    def evaluate(self, model: torch.nn.Module, split: str = "test", config: dict | None = None) -> dict[str, float]: ...
+
+    def analysis_examples(self, model: torch.nn.Module, *, n: int, split: str = "test",
+                          config: dict | None = None) -> Sequence[AnalysisExample]: ...
+
+    def scorer(self, model: torch.nn.Module, examples: Sequence[AnalysisExample], *,
+               removal: str = "mask") -> ScoreFn: ...
+
+
+_TASKS: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Task], *, overwrite: bool = False) -> None:
+    """Register a task factory under ``name``."""
+    if name in _TASKS and not overwrite:
+        raise RegistryError(f"task {name!r} is already registered; pass overwrite=True to replace it")
+    _TASKS[name] = factory
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name`` (``matching``, ``vqa``, ``generation``)."""
+    if name not in _TASKS:
+        raise UnknownNameError("task", name, _TASKS)
+    return _TASKS[name]()
+
+
+def available_tasks() -> list[str]:
+    return sorted(_TASKS)

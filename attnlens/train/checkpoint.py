@@ -1,0 +1,203 @@
+"""Checkpoints of training runs: safetensors weights, JSON config and state, safe-to-load
+optimizer state.
+
+A run directory holds, after every epoch:
+
+* ``model.safetensors``: the model's state dict (metadata ``epoch``);
+* ``config.json``: the run's config (task, alignment, seed and hyper-parameters);
+* ``trainer.pt``: optimizer state dict and torch RNG states, written with ``torch.save`` and read
+  with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists and dicts only);
+* ``state.json``: the number of completed epochs, Python and numpy RNG states, metrics history.
+
+Every file is written to a temporary file in the same directory and moved into place with
+``os.replace``; ``state.json`` goes last, so it only ever names an epoch whose weights are there
+(the weights' ``epoch`` metadata is checked on resume).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError, FormatError
+
+MODEL_FILE, CONFIG_FILE, STATE_FILE, TRAINER_FILE = "model.safetensors", "config.json", "state.json", "trainer.pt"
+CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE, STATE_FILE, TRAINER_FILE)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temp file next to ``path``, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+    _atomic_write(Path(path), write)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU and CUDA) global RNG states."""
+    py = random.getstate()
+    state = {"python": [py[0], list(py[1]), py[2]], "numpy": _numpy_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached": float(cached)}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore states saved by :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: str | Path, model: nn.Module, *, config: dict, epoch: int,
+                    history: list[dict] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write the checkpoint of ``epoch`` (completed epochs) into ``run_dir``; returns ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata={"epoch": str(epoch)}))
+    rng = rng_state()
+    trainer = {"optimizer": optimizer.state_dict() if optimizer is not None else {},
+               "torch_rng": rng.pop("torch"), "cuda_rng": rng.pop("cuda", [])}
+    _atomic_write(run_dir / TRAINER_FILE, lambda tmp: torch.save(trainer, tmp))
+    write_json(run_dir / CONFIG_FILE, config)
+    write_json(run_dir / STATE_FILE, {"epoch": int(epoch), "history": list(history or []), "rng": rng,
+                                      **(extra or {})})
+    return run_dir
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a complete checkpoint."""
+    run_dir = Path(run_dir)
+    return all((run_dir / f).exists() for f in (MODEL_FILE, CONFIG_FILE, STATE_FILE))
+
+
+def clear_checkpoint(run_dir: str | Path) -> None:
+    """Remove the checkpoint files of ``run_dir`` (not the directory or other files)."""
+    for f in CHECKPOINT_FILES:
+        p = Path(run_dir) / f
+        if p.exists():
+            p.unlink()
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """The ``config.json`` of a run."""
+    return read_json(Path(run_dir) / CONFIG_FILE)
+
+
+def read_state(run_dir: str | Path) -> dict:
+    """The ``state.json`` of a run (``epoch``, ``history``, RNG states)."""
+    return read_json(Path(run_dir) / STATE_FILE)
+
+
+def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist (not a training run directory?)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_checkpoint(run_dir: str | Path, model: nn.Module, *, device: str | torch.device = "cpu") -> dict:
+    """Load the weights of ``run_dir`` into ``model`` (strict) and return its ``state.json``
+    (or ``{}`` when there is none).
+
+    Raises:
+        CheckpointError: the checkpoint's keys or shapes differ from the model's; the message
+            names the missing, unexpected and mismatched keys.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / MODEL_FILE if run_dir.is_dir() else run_dir
+    tensors, meta = _load_tensors(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for what, keys in (("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected),
+                           ("of another shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+                parts.append(f"{what}: {shown}")
+        raise CheckpointError(f"{path} does not fit {type(model).__name__} (another architecture or config?); "
+                              + "; ".join(parts))
+    model.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
+    state = read_state(run_dir) if (run_dir.is_dir() and (run_dir / STATE_FILE).exists()) else {}
+    if state and "epoch" in meta and int(meta["epoch"]) != int(state.get("epoch", -1)):
+        raise CheckpointError(f"{run_dir}: weights are from epoch {meta['epoch']} but state.json says epoch "
+                              f"{state.get('epoch')} (interrupted while writing?); rerun with resume=False")
+    return state
+
+
+def load_trainer_state(run_dir: str | Path, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Restore optimizer state and all RNG states of a run (``torch.load(weights_only=True)``)."""
+    run_dir = Path(run_dir)
+    path = run_dir / TRAINER_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: cannot resume the optimizer and RNG state")
+    try:
+        trainer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({exc})") from None
+    if optimizer is not None:
+        optimizer.load_state_dict(trainer["optimizer"])
+    rng = dict(read_state(run_dir)["rng"])
+    rng["torch"] = trainer["torch_rng"]
+    if trainer.get("cuda_rng"):
+        rng["cuda"] = trainer["cuda_rng"]
+    set_rng_state(rng)

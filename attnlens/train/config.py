@@ -1,0 +1,191 @@
+"""Training configurations: flat dataclasses serialised to JSON.
+
+Each task has a config dataclass (subclass of :class:`TrainConfig`) and presets
+(``quick``: seconds, for tests; ``demo``: about a minute per model on 2 CPU cores, what the
+study uses; ``full``: the best numbers this machine can reach in minutes). Overrides are plain
+dicts; an unknown key raises :class:`~attnlens.errors.UnknownNameError` listing the valid keys.
+
+>>> cfg = MatchingConfig.preset("quick").replace(epochs=1)
+>>> MatchingConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from ..errors import FormatError, ShapeError, UnknownNameError
+
+PRESETS = ("quick", "demo", "full")
+
+
+def check_preset(preset: str) -> str:
+    """Return ``preset`` if it is a known preset name, else raise ``UnknownNameError``."""
+    if preset not in PRESETS:
+        raise UnknownNameError("preset", preset, PRESETS)
+    return preset
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Base of the per-task configs: common optimisation fields and (de)serialisation.
+
+    Attributes:
+        task: the task name (fixed by the subclass).
+        epochs: passes over the training split.
+        batch_size: training batch size.
+        lr: Adam learning rate.
+        lr_decay_epoch: multiply the learning rate by ``lr_decay`` from this epoch on (0: never).
+        lr_decay: the decay factor.
+        grad_clip: max gradient norm (0: no clipping).
+        n_train / n_test: number of scenes in the training / test split (None: the split's default).
+        scene_options: keyword options passed to the scene generator.
+        threads: torch CPU threads while training and evaluating (0: leave torch's setting). On
+            a shared machine one thread is far faster than oversubscribed ones; the thread count
+            can change the last bits of CPU reductions, so it is part of the config.
+    """
+
+    task: ClassVar[str] = "base"
+    PRESETS: ClassVar[dict[str, dict]] = {}
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-2
+    lr_decay_epoch: int = 0
+    lr_decay: float = 0.1
+    grad_clip: float = 2.0
+    n_train: int | None = None
+    n_test: int | None = None
+    scene_options: dict = field(default_factory=dict)
+    threads: int = 1
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (tuples become lists), with ``task`` added."""
+        d = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"task": self.task, **d}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a dict (as written by :meth:`to_dict`); unknown keys raise."""
+        d = dict(d)
+        task = d.pop("task", cls.task)
+        if task != cls.task:
+            raise ShapeError(f"config is for task {task!r}, not {cls.task!r}")
+        names = cls.field_names()
+        for k in d:
+            if k not in names:
+                raise UnknownNameError(f"{cls.task} config key", k, names)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                v = d[f.name]
+                default = f.default if f.default is not dataclasses.MISSING else None
+                if isinstance(default, tuple) and isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+        return cls(**kwargs)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        """A copy with ``overrides`` applied (unknown keys raise)."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, path: object = None) -> "TrainConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"invalid JSON config: {exc.msg}", path=path, line=exc.lineno) from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        return cls.from_json(path.read_text(), path=path)
+
+    @classmethod
+    def preset(cls, name: str = "demo") -> "TrainConfig":
+        """The preset ``name`` (``quick``, ``demo``, ``full``)."""
+        check_preset(name)
+        return cls.from_dict(cls.PRESETS.get(name, {}))
+
+    @classmethod
+    def resolve(cls, preset: str = "demo", overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
+        """Preset, then ``overrides`` on top (an override dict may carry ``task``)."""
+        cfg = cls.preset(preset)
+        return cfg.replace(**dict(overrides or {})) if overrides else cfg
+
+
+@dataclass(frozen=True)
+class MatchingConfig(TrainConfig):
+    """Image-text matching (SCAN / SCAN+RCAR) on the built-in scenes.
+
+    Attributes:
+        embed_dim: joint embedding size ``D``.
+        word_dim: word-embedding size of the GRU text encoder.
+        channels / strides / pool / sampling_ratio / pixels: region encoder (see ``RegionEncoder``).
+        direction: ``"t2i"`` or ``"i2t"``.
+        agg: pooling of the per-fragment relevances (``mean``, ``lse``, ``max``, ``sum``).
+        lambda_softmax / lambda_lse: SCAN temperatures (None: SCAN's defaults per direction).
+        norm: score normalisation (``clipped_l2norm`` ...).
+        rcar: None (plain SCAN) or ``{"mode": "coop_rcar" | "only_rcr" | "only_rar", "steps": K, ...}``.
+        margin / max_violation / warmup_epochs: VSE++ loss; hardest negatives from epoch
+            ``warmup_epochs`` on (sum of all violations before). The ``demo`` and ``full``
+            presets turn hardest negatives off: on the scenes a caption such as "a red circle"
+            fits several images of a batch, the hardest "negative" is then often a true match,
+            and training with it collapsed (loss stuck at ``2 * margin * batch``, measured);
+            the sum over all violations trains steadily.
+        captions_per_image: captions per scene used in training and evaluation (5 = SCAN protocol).
+        eval_every: evaluate on the test split every this many epochs (and always after the last).
+    """
+
+    task: ClassVar[str] = "matching"
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "quick": dict(epochs=2, batch_size=32, lr=2e-3, n_train=64, n_test=20, embed_dim=32, word_dim=16,
+                      channels=(8, 16), strides=(2, 2), pool=(2, 2), warmup_epochs=1),
+        "demo": dict(epochs=10, batch_size=32, lr=1e-2, lr_decay_epoch=7, n_train=1000, n_test=None,
+                     embed_dim=128, word_dim=64, channels=(16, 32), strides=(2, 2), pool=(3, 3),
+                     max_violation=False),
+        "full": dict(epochs=20, batch_size=32, lr=1e-2, lr_decay_epoch=15, n_train=None, n_test=None,
+                     embed_dim=128, word_dim=64, channels=(16, 32), strides=(2, 2), pool=(3, 3),
+                     max_violation=False),
+    }
+
+    embed_dim: int = 128
+    word_dim: int = 64
+    channels: tuple = (16, 32)
+    strides: tuple = (2, 2)
+    pool: tuple = (3, 3)
+    sampling_ratio: int = 2
+    pixels: bool = True
+    direction: str = "t2i"
+    agg: str = "mean"
+    lambda_softmax: float | None = None
+    lambda_lse: float | None = None
+    norm: str = "clipped_l2norm"
+    rcar: dict | None = None
+    margin: float = 0.2
+    max_violation: bool = True
+    warmup_epochs: int = 2
+    captions_per_image: int = 5
+    eval_every: int = 0

@@ -1,0 +1,97 @@
+"""Matching on the built-in scenes: training time and test R@1 against the target, next to what
+a perfect reader of the captions could reach on the same test split.
+
+Usage: python benchmarks/bench_matching.py [--alignment dot] [--preset demo] [--out runs/bench]
+
+Printed:
+* the oracle bounds of text-to-image R@1 on the test split: a caption names 1-2 objects of a
+  scene with 2-6, so several test images fit it; an oracle that ranks every image consistent
+  with the caption first, ties broken at random, has expected R@1 = mean 1 / #consistent; a
+  second oracle also prefers images with fewer objects (more likely to produce that caption);
+* the trained model's R@1 (both directions), R@5, rsum and its training time (epochs only),
+  with the ratio to the 50 % target.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _noun(tokens, shapes, colors, sizes):
+    d = {}
+    for t in tokens:
+        if t in shapes:
+            d["shape"] = t
+        elif t in colors:
+            d["color"] = t
+        elif t in sizes:
+            d["size"] = t
+    return d
+
+
+def oracle_bounds(test) -> tuple[float, float]:
+    """(tie oracle, fewer-objects oracle) expected text-to-image R@1 on ``test`` (fractions)."""
+    from attnlens.data.scenes_grammar import relation
+    from attnlens.data.scenes_spec import COLORS, SHAPES, SIZES
+
+    def fits(o, d, objs):
+        if any(getattr(o, k) != v for k, v in d.items()):
+            return False
+        return "color" in d or sum(x.shape == o.shape for x in objs) == 1
+
+    def consistent(cap, scene):
+        objs = scene.objects
+        ds = [_noun(p.tokens, SHAPES, COLORS, SIZES) for p in cap.phrases]
+        if len(ds) == 1:
+            return any(fits(o, ds[0], objs) for o in objs)
+        p0, p1 = cap.phrases
+        link = tuple(cap.tokens[p0.first_token + len(p0.tokens):p1.first_token])
+        return any(fits(a, ds[0], objs) and fits(b, ds[1], objs) and (link == ("and",) or relation(a, b) == link)
+                   for a in objs for b in objs if a is not b)
+
+    ties, weighted = [], []
+    for i, scene in enumerate(test):
+        for cap in scene.captions:
+            fit = [j for j, s in enumerate(test) if consistent(cap, s)]
+            ties.append(1.0 / len(fit))
+            k = len(cap.phrases)
+            w = {j: 1.0 / np.prod([len(test[j].objects) - m for m in range(k)]) for j in fit}
+            top = [j for j in fit if w[j] == max(w.values())]
+            weighted.append(1.0 / len(top) if i in top else 0.0)
+    return float(np.mean(ties)), float(np.mean(weighted))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--alignment", default="dot")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    import attnlens.train as T
+    from attnlens.data.scenes import load_split
+    from attnlens.train.config import MatchingConfig
+
+    cfg = MatchingConfig.preset(args.preset)
+    test = load_split("test", cfg.n_test)
+    tie, weighted = oracle_bounds(test)
+    print(f"test split: {len(test)} images, {sum(len(s.captions) for s in test)} captions")
+    print(f"oracle text-to-image R@1: ties {100 * tie:.1f} %, fewer-objects {100 * weighted:.1f} %")
+    t0 = time.perf_counter()
+    run_dir = T.run("matching", alignment=args.alignment, seed=args.seed, out_dir=Path(args.out),
+                    preset=args.preset, progress=False)
+    wall = time.perf_counter() - t0
+    state = T.read_state(run_dir)
+    m = state["history"][-1]
+    print(f"{args.alignment}: train {state['train_seconds']:.1f} s (wall {wall:.1f} s, includes data and "
+          f"evaluation, 0 if the run was already there)")
+    print(f"  text-to-image R@1 {m['t2i_r1']:.1f} %  R@5 {m['t2i_r5']:.1f} %  | image-to-text R@1 "
+          f"{m['i2t_r1']:.1f} %  R@5 {m['i2t_r5']:.1f} %  | rsum {m['rsum']:.1f}")
+    print(f"  text-to-image R@1 / target 50 %: {m['t2i_r1'] / 50:.2f}; / tie oracle: {m['t2i_r1'] / (100 * tie):.2f}")
+
+
+if __name__ == "__main__":
+    main()
