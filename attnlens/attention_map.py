@@ -213,6 +213,79 @@ class AttentionMap:
         labels = None if side is None else side.labels
         return idx if labels is None else labels[idx]
 
+    # ----------------------------------------------------------------- metadata
+    def with_sides(self, *, tokens=None, regions=None, query_tokens=None, key_tokens=None,
+                   grid=None, transform=None) -> "AttentionMap":
+        """A copy with tokens / regions / patch grid attached to its sides.
+
+        ``tokens`` go to the text side, ``regions``, ``grid`` and ``transform`` to the image side
+        (by modality); ``query_tokens`` / ``key_tokens`` name the side explicitly. A string is
+        split on whitespace. Lengths are checked against the axes. Use it after selecting one
+        example of a batch whose captions differ.
+
+        >>> amap = AttentionMap(torch.full((2, 3), 1 / 3), ("word", "region"))
+        >>> amap.with_sides(tokens=["red", "circle"]).sel(word="circle").shape
+        {'region': 3}
+        """
+        def as_tokens(t):
+            return tuple(t.split()) if isinstance(t, str) else tuple(t)
+
+        sides = {"query": self.query, "key": self.key}
+        for which in sides:
+            side = sides[which]
+            changes = {}
+            explicit = query_tokens if which == "query" else key_tokens
+            if explicit is not None:
+                changes["tokens"] = as_tokens(explicit)
+            elif tokens is not None and side.modality == "text":
+                changes["tokens"] = as_tokens(tokens)
+            if side.modality == "image":
+                if regions is not None:
+                    changes["regions"] = regions
+                if grid is not None:
+                    changes["grid"] = tuple(int(g) for g in grid)
+                if transform is not None:
+                    changes["transform"] = transform
+            sides[which] = replace(side, **changes) if changes else side
+        return replace(self, query=sides["query"], key=sides["key"])
+
+    @classmethod
+    def concat(cls, maps, dim: str) -> "AttentionMap":
+        """Concatenate maps along the axis ``dim`` (other axes must match).
+
+        Tokens of a side along ``dim`` are concatenated when every map has them; regions are
+        dropped along ``dim``. Scores are kept when every map has them.
+
+        >>> a = AttentionMap(torch.ones(1, 2, 3) / 3, ("batch", "word", "region"))
+        >>> AttentionMap.concat([a, a], "batch").shape
+        {'batch': 2, 'word': 2, 'region': 3}
+        """
+        maps = list(maps)
+        if not maps:
+            raise ShapeError("AttentionMap.concat needs at least one map")
+        first = maps[0]
+        ax = first.axis(dim)
+        for m in maps[1:]:
+            if m.dims != first.dims:
+                raise ShapeError(f"AttentionMap.concat: dims {m.dims} differ from {first.dims}")
+            other = [n for i, n in enumerate(m.weights.shape) if i != ax]
+            if other != [n for i, n in enumerate(first.weights.shape) if i != ax]:
+                raise ShapeError(f"AttentionMap.concat along {dim!r}: shapes {tuple(first.weights.shape)} and "
+                                 f"{tuple(m.weights.shape)} differ on another axis ({first.dims})")
+        weights = torch.cat([m.weights for m in maps], dim=ax)
+        scores = None
+        if all(m.scores is not None for m in maps):
+            scores = torch.cat([m.scores for m in maps], dim=ax)
+        sides = {}
+        for which in ("query", "key"):
+            side = getattr(first, which)
+            if side.dim == dim:
+                toks = [getattr(m, which).tokens for m in maps]
+                side = replace(side, tokens=None if any(t is None for t in toks) else sum(toks, ()), regions=None)
+            sides[which] = side
+        return replace(first, weights=weights, scores=scores, query=sides["query"], key=sides["key"],
+                       meta={**first.meta, f"concatenated_{dim}": len(maps)})
+
     # ----------------------------------------------------------------- reductions
     def reduce(self, dim: str, how: str = "mean") -> "AttentionMap":
         """Reduce one axis with ``mean``, ``max``, ``sum`` or ``min``; the axis is dropped."""
