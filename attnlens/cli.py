@@ -1,0 +1,184 @@
+"""The ``attnlens`` command line: ``study``, ``train``, ``capture``, ``render``, ``report``.
+
+Exit codes: 0 success, 1 user error (bad name, missing file, bad data: one line on stderr, the
+traceback only with ``--debug``), 2 usage error (unknown option, missing argument), 130 interrupted.
+
+>>> main(["--help"])  # doctest: +ELLIPSIS
+Usage: attnlens [OPTIONS] COMMAND [ARGS]...
+...
+0
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import click
+
+from .errors import AttnlensError
+
+__all__ = ["cli", "main"]
+
+USER_ERRORS = (AttnlensError, ValueError, KeyError, OSError, TypeError)
+
+
+def _split(values: Sequence[str]) -> list[str] | None:
+    """``--tasks a,b --tasks c`` -> ``["a", "b", "c"]``; nothing -> ``None``."""
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="attnlens", prog_name="attnlens")
+def cli(debug: bool) -> None:
+    """attnlens: understand the region-word attention of vision-and-language models.
+
+    Start with `attnlens study --preset demo --out runs/demo`, then open runs/demo/report.html.
+    """
+
+
+@cli.command()
+@click.option("--preset", type=click.Choice(["quick", "demo", "full"]), default="demo", show_default=True,
+              help="Study size: quick (tests, ~1 min), demo (README, <= 10 min), full.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory [default: runs/<preset>].")
+@click.option("--tasks", multiple=True, help="Tasks to run (comma-separated or repeated) [default: the preset's].")
+@click.option("--alignments", multiple=True, help="Alignment functions (comma-separated or repeated).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of training seeds (0..N-1).")
+@click.option("--n-examples", type=click.IntRange(min=2), default=None, help="Test examples per unit.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--checkpoints", default="assets", show_default=True,
+              help="Where shipped checkpoints are looked up: 'assets', a directory, or 'none' to train.")
+@click.option("--no-resume", is_flag=True, help="Recompute every unit instead of reusing finished ones.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints, no_resume, quiet):
+    """Compare alignment functions end to end and write report.html, report.md and metrics.csv."""
+    from .study import run_study
+
+    out = out or Path("runs") / preset
+    kw = {} if n_examples is None else {"n_examples": n_examples}
+    res = run_study(out, preset=preset, tasks=_split(tasks), alignments=_split(alignments), seeds=seeds,
+                    device=device, checkpoints=None if checkpoints.lower() == "none" else checkpoints,
+                    resume=not no_resume, progress=not quiet, **kw)
+    click.echo(f"{len(res.ran)} unit(s) run, {len(res.reused)} reused")
+    click.echo(f"report: {res.report_html}")
+    click.echo(f"        {res.report_md}")
+    click.echo(f"metrics: {res.metrics_csv}")
+
+
+@cli.command()
+@click.option("--task", required=True, help="Task name (matching, vqa, generation).")
+@click.option("--alignment", required=True, help="Alignment function (see attnlens.align.available()).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/checkpoints"),
+              show_default=True, help="Parent directory of the run directory.")
+@click.option("--preset", type=click.Choice(["quick", "demo", "full"]), default="demo", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--no-resume", is_flag=True, help="Start over instead of resuming an interrupted run.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(task, alignment, seed, out, preset, device, no_resume, quiet):
+    """Train one task model with one alignment function (seeded, resumable)."""
+    from . import train as _train
+
+    path = _train.run(task, alignment=alignment, seed=seed, out_dir=out, preset=preset, device=device,
+                      progress=not quiet, resume=not no_resume)
+    click.echo(f"checkpoint: {path}")
+
+
+@cli.command()
+@click.option("--task", required=True, help="Task whose model the checkpoint holds.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True)
+@click.option("--n", "n_examples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Number of examples to capture.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the saved maps (examples.json + examples.npz).")
+@click.option("--preset", type=click.Choice(["quick", "demo", "full"]), default="demo", show_default=True,
+              help="The task config the checkpoint was trained with.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+def capture(task, checkpoint, split, n_examples, out, preset, device):
+    """Run a checkpoint on a data split and save its word x region attention maps."""
+    import torch
+
+    from .study.units import resolve_device, save_examples
+    from .tasks import get_task
+
+    t = get_task(task)
+    model = t.load(checkpoint, device=resolve_device(device))
+    model.eval()
+    with torch.no_grad():
+        examples = list(t.analysis_examples(model, n=n_examples, split=split, config=t.default_config(preset)))
+    out.mkdir(parents=True, exist_ok=True)
+    save_examples(out, examples)
+    click.echo(f"{len(examples)} map(s) saved to {out}")
+
+
+@cli.command()
+@click.argument("maps", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True, help="Examples to draw.")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
+def render(maps, out, limit, fmt):
+    """Draw saved maps (from `attnlens capture` or a study unit) as figures and an explorer page."""
+    from tqdm.auto import tqdm
+
+    from .io import save_figure
+    from .study.figures import grid_figure, write_explorer
+    from .study.units import load_examples
+
+    examples = load_examples(maps)[:limit]
+    if not examples:
+        raise click.ClickException(f"no maps in {maps}")
+    name = "maps"
+    per = {name: {e["example_id"]: e for e in examples}}
+    out.mkdir(parents=True, exist_ok=True)
+    for e in tqdm(examples, desc="render", leave=False):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in e["example_id"])
+        save_figure(grid_figure(per, e["example_id"], [name]), out / f"{safe}.{fmt}", dpi=100)
+    write_explorer(per, examples[0]["example_id"], [name], out / "explorer.html")
+    click.echo(f"{len(examples)} figure(s) and explorer.html written to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A metrics table (CSV with task, alignment, metric, mean, ...) [default: RUN_DIR/metrics.csv].")
+def report(run_dir, metrics):
+    """Rebuild report.html and report.md from saved metrics (no model is run)."""
+    import pandas as pd
+
+    from .report import write_report
+
+    df = pd.read_csv(metrics) if metrics is not None else None
+    paths = write_report(run_dir, df)
+    click.echo(f"report: {paths['html']}\n        {paths['md']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attnlens`` script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        rv = cli.main(args=argv, prog_name="attnlens", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("attnlens: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:  # usage errors (2) and user-facing errors (1)
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("attnlens: interrupted", err=True)
+        return 130
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        click.echo(f"attnlens: error: {msg}", err=True)
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

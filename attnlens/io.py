@@ -1,0 +1,123 @@
+"""Atomic file writes: a reader (or a rerun after an interruption) never sees a half-written file.
+
+Every writer here writes to a temporary file in the destination's directory, flushes and
+fsyncs it, then renames it over the destination with :func:`os.replace` (atomic on POSIX and
+Windows when source and destination are on the same file system, which a sibling temp file
+guarantees). If anything fails before the rename, the temporary file is removed and the
+destination is left as it was.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> p = write_text(d / "a" / "hello.txt", "hi")
+>>> p.read_text(), sorted(x.name for x in p.parent.iterdir())
+('hi', ['hello.txt'])
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "save_dataframe", "save_figure",
+           "TMP_SUFFIX"]
+
+TMP_SUFFIX = ".tmp-attnlens"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    Use it for writers that want a file name (``fig.savefig``, ``df.to_parquet``, ``torch.save``).
+    Parent directories are created. On an exception the temporary file is deleted and the
+    exception propagates; ``path`` is untouched.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "x.bin") as tmp:
+    ...     _ = tmp.write_bytes(b"abc")
+    >>> (d / "x.bin").read_bytes()
+    b'abc'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    except OSError:  # pragma: no cover - e.g. file systems without fsync
+        pass
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8 by default); returns the path."""
+    return write_bytes(path, text.encode(encoding))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON atomically (non-JSON values such as paths go through ``str``).
+
+    >>> import tempfile, pathlib
+    >>> p = write_json(pathlib.Path(tempfile.mkdtemp()) / "c.json", {"a": 1})
+    >>> json.loads(p.read_text())
+    {'a': 1}
+    """
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def save_dataframe(df, path: str | os.PathLike, **to_csv_kwargs) -> Path:
+    """Write a pandas DataFrame to CSV atomically (``index=False`` unless given); returns the path.
+
+    >>> import tempfile, pathlib, pandas as pd
+    >>> p = save_dataframe(pd.DataFrame({"a": [1, 2]}), pathlib.Path(tempfile.mkdtemp()) / "t.csv")
+    >>> p.read_text().split()
+    ['a', '1', '2']
+    """
+    to_csv_kwargs.setdefault("index", False)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **to_csv_kwargs)
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure atomically; the format follows ``path``'s suffix."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return path

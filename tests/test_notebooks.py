@@ -1,0 +1,43 @@
+"""The notebooks run headless (nbclient); the quickstart in the default suite, the others with -m slow."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+NB = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def run_notebook(name: str, timeout: int = 300):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NB / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs must be cleared"
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(NB)}}).execute()
+    return nb
+
+
+def test_quickstart():
+    nb = run_notebook("01_quickstart.ipynb")
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "most attended region" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["02_compare_alignments.ipynb", "03_your_own_model.ipynb", "04_rcar_regulators.ipynb"])
+def test_other_notebooks(name):
+    run_notebook(name, timeout=600)
+
+
+def test_readme_python_blocks(tmp_path, monkeypatch):
+    """Every ```python block of the README runs (in order, in one namespace)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has an API tour"
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), ns)
