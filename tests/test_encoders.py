@@ -45,6 +45,29 @@ def test_text_encoder_unsorted_lengths_equal_one_by_one():
         enc(tokens + 20, lengths)
 
 
+
+def test_text_encoder_padded_batch_finite_gradients_same_values():
+    """Padded positions: exactly 0 and finite gradients; real positions: the reference l2norm of
+    the GRU outputs, bit for bit (same operations as attention.l2norm)."""
+    from attnlens.models.attention import l2norm
+
+    torch.manual_seed(0)
+    enc = GRUTextEncoder(vocab_size=12, word_dim=5, embed_size=6)
+    tokens = torch.tensor([[1, 2, 0, 0, 0], [3, 4, 5, 6, 7], [7, 0, 0, 0, 0]])
+    lengths = torch.tensor([2, 5, 1])
+    feats, _ = enc(tokens, lengths)
+    enc.no_txtnorm = True
+    with torch.no_grad():
+        raw, _ = enc(tokens, lengths)
+    enc.no_txtnorm = False
+    valid = torch.arange(5)[None] < lengths[:, None]
+    assert torch.equal(feats[valid], l2norm(raw, dim=-1)[valid])
+    assert (feats[~valid] == 0).all()
+    (feats * torch.randn_like(feats)).sum().backward()
+    for name, p in enc.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert enc.embed.weight.grad.abs().sum() > 0
+
 def _fake_checkpoint(path, *, vocab_size=9, opt_extra=None, extra=None):
     torch.manual_seed(1)
     img = PrecompImageEncoder(img_dim=10, embed_size=6)

@@ -246,3 +246,33 @@ def test_command_line_prints_metrics_per_alignment(tiny_run, capsys):
           "--out", str(tiny_run.parent), "--no-progress"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["alignment"] == "dot" and row["t2i_r1"] == T.read_state(tiny_run)["history"][-1]["t2i_r1"]
+
+
+def test_alignment_options_apply_per_alignment_name():
+    """The demo preset gives ``additive`` (alias ``concat``) a hidden size of 16 and leaves the
+    other alignments alone; the matching scenes relate objects and name sizes in every caption."""
+    from attnlens.train.config import MatchingConfig
+
+    task = get_task("matching")
+    cfg = MatchingConfig.preset("demo").replace(embed_dim=32, word_dim=8, channels=(4,), strides=(4,))
+    assert cfg.scene_options == {"relation_rate": 1.0, "size_rate": 1.0}
+    additive = task.build_model(cfg, alignment="additive", vocab_size=30)
+    assert additive.sim.attn.alignment.w_query.weight.shape == (16, 32) and additive.hparams["alignment_options"]
+    cfg = cfg.replace(alignment_options={"concat": {"hidden": 4}})
+    assert task.build_model(cfg, alignment="additive", vocab_size=30).sim.attn.alignment.v.weight.shape == (1, 4)
+    assert task.build_model(cfg, alignment="general", vocab_size=30).hparams["alignment_options"] == {}
+
+
+def test_runs_saved_without_alignment_options_load_with_defaults(tmp_path):
+    """A run saved before ``alignment_options`` existed (additive at hidden = embed_dim) still loads."""
+    import json
+
+    task = get_task("matching")
+    run = T.run("matching", alignment="additive", out_dir=tmp_path, preset="quick",
+                config={**TINY, "epochs": 1, "embed_dim": 24, "alignment_options": {}}, progress=False)
+    cfg_file = next(f for f in run.iterdir() if f.suffix == ".json" and "alignment_options" in f.read_text())
+    saved = json.loads(cfg_file.read_text())
+    del saved["alignment_options"]
+    cfg_file.write_text(json.dumps(saved))
+    model = task.load(run)
+    assert model.sim.attn.alignment.v.weight.shape == (1, 24)

@@ -59,6 +59,35 @@ def test_matches_reference_float32(mode):
     assert torch.allclose(S.double(), ref, rtol=0, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("mode", ["rcr", "rar", "rcar"])
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_finite_gradients_with_unequal_lengths_and_padded_regions(mode, direction):
+    """Padded words (and padded regions, through image_mask) used to reach sqrt(0) in the context
+    and alignment-vector l2norms: NaN gradients. The values stay those of the reference test above."""
+    torch.manual_seed(3)
+    ims, caps, lengths = _data()
+    ims, caps = ims.clone().requires_grad_(), caps.clone().requires_grad_()
+    image_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]]).bool()
+    model = RCARSimilarity(16, 8, mode=mode, steps=2, direction=direction).double()
+    with torch.no_grad():  # non-zero biases: a padded alignment vector is then not 0 before the norm
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    S = model(ims, caps, lengths, image_mask=image_mask)
+    (S * torch.randn_like(S)).sum().backward()
+    assert torch.isfinite(S).all()
+    assert torch.isfinite(ims.grad).all() and torch.isfinite(caps.grad).all()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert "alv_modules.0.sim_transform_w.weight" in grads
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), name
+    with torch.no_grad():  # padded regions do not matter: dropping them gives the same scores
+        for i in range(4):
+            n = int(image_mask[i].sum())
+            Si = model(ims[i:i + 1, :n], caps, lengths)
+            assert torch.allclose(Si[0], S[i], rtol=0, atol=1e-12)
+
 def test_attention_captured_and_rows_sum_to_one():
     ims, caps, lengths = _data()
     model = RCARSimilarity(16, 8, mode="rcar", steps=2).double().eval()

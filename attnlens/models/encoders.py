@@ -4,7 +4,8 @@
   ``[B, R, embed_size]`` (state keys ``fc.weight``, ``fc.bias``).
 * :class:`GRUTextEncoder`: word ids ``[B, L]`` + lengths ``[B]`` -> ``embed`` -> (bi)GRU, the two
   directions averaged -> l2norm -> ``[B, L, embed_size]`` (state keys ``embed.weight``,
-  ``rnn.*``). Padded positions come back as zeros. Lengths may be in any order.
+  ``rnn.*``). Padded positions come back as zeros, with finite gradients (their norm is never
+  differentiated at 0). Lengths may be in any order.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import DTypeError, ShapeError
-from .attention import l2norm
+from .attention import EPS, l2norm
 
 
 class PrecompImageEncoder(nn.Module):
@@ -86,7 +87,12 @@ class GRUTextEncoder(nn.Module):
         if self.bidirectional:
             h = out.shape[-1] // 2
             out = (out[..., :h] + out[..., h:]) / 2
+        valid = (torch.arange(L)[None, :] < lengths[:, None]).to(out.device)[..., None]  # [B, L, 1]
         if not self.no_txtnorm:
-            out = l2norm(out, dim=-1)
-        mask = torch.arange(L)[None, :] < lengths[:, None]
-        return out.masked_fill(~mask.to(out.device)[..., None], 0.0), lengths
+            # l2norm (same operations as attention.l2norm at real positions, so bit-identical values);
+            # at padded positions the squared norm (0 there) is replaced by 1 before the sqrt, so
+            # sqrt is never differentiated at 0 and the gradient stays finite
+            sq = torch.where(valid, out.pow(2).sum(dim=-1, keepdim=True), torch.ones((), dtype=out.dtype,
+                                                                                     device=out.device))
+            out = out / (sq.sqrt() + EPS)
+        return out.masked_fill(~valid, 0.0), lengths

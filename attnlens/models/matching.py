@@ -43,16 +43,6 @@ def _build_rcar(rcar: dict, *, embed_dim: int, direction: str, alignment: str,
     return RCARSimilarity(embed_dim, mode=mode, direction=direction, **opts)
 
 
-def safe_l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
-    """``x / (sqrt(sum x^2) + eps)`` with a finite gradient at ``x = 0`` (0 stays 0).
-
-    >>> x = torch.zeros(2, 3, requires_grad=True)
-    >>> safe_l2norm(x).sum().backward(); bool(torch.isfinite(x.grad).all())
-    True
-    """
-    return x / (x.pow(2).sum(dim=dim, keepdim=True).clamp_min(1e-30).sqrt() + eps)
-
-
 class MatchingModel(nn.Module):
     """SCAN / SCAN+RCAR over region features computed from pixels.
 
@@ -93,7 +83,6 @@ class MatchingModel(nn.Module):
         self.image_encoder = RegionEncoder(embed_dim, tuple(channels), tuple(pool), sampling_ratio, geometry,
                                            strides=None if strides is None else tuple(strides), pixels=pixels)
         self.text_encoder = GRUTextEncoder(vocab_size, word_dim=word_dim, embed_size=embed_dim)
-        self.text_encoder.no_txtnorm = True  # normalised in encode_captions (see there)
         if rcar is None:
             self.sim = ScanSimilarity(direction, agg, lambda_softmax, lambda_lse, norm, alignment, dim=embed_dim,
                                       **dict(alignment_options or {}))
@@ -124,10 +113,7 @@ class MatchingModel(nn.Module):
             raise ShapeError(f"lengths {tuple(lengths.shape)} must be [Nc] for tokens {tuple(tokens.shape)}")
         out = self.text_encoder(tokens, lengths)
         out = out[0] if isinstance(out, tuple) else out
-        # the encoder runs with no_txtnorm (set in __init__): its l2norm has a NaN gradient at the
-        # all-zero padded positions (sqrt at 0); this one clamps before the sqrt (same values)
-        mask = torch.arange(out.shape[1], device=out.device)[None, :] < lengths.to(out.device)[:, None]
-        return safe_l2norm(out).masked_fill(~mask[..., None], 0.0)
+        return out  # l2-normalised by the encoder; padded positions 0 (with finite gradients)
 
     def similarity_from_features(self, image_feats: torch.Tensor, caption_feats: torch.Tensor,
                                  lengths: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -42,15 +42,36 @@ SMOOTH = {"t2i": 10.0, "i2t": 3.0}
 EPS = 1e-8
 
 
+def masked_l2norm(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """l2norm over the last axis of ``x [..., n, k]`` for the valid rows of ``mask [..., n]``
+    (broadcastable; None = all valid); padded rows come back as exactly 0.
+
+    Valid rows get the same operations as :func:`~attnlens.models.attention.l2norm` (bit-identical
+    values); padded rows never differentiate ``sqrt`` at 0 (their squared norm is replaced by 1
+    before the root), so the gradient stays finite when a padded row is all zeros.
+
+    >>> x = torch.tensor([[3., 4., 0.], [0., 0., 0.]], requires_grad=True)   # row 1 is padding
+    >>> y = masked_l2norm(x, torch.tensor([True, False])); y.sum().backward()
+    >>> bool(torch.isfinite(x.grad).all()), [round(v, 4) for v in y[0].tolist()], y[1].abs().sum().item()
+    (True, [0.6, 0.8, 0.0], 0.0)
+    """
+    if mask is None:
+        return l2norm(x, dim=-1)
+    valid = mask[..., None]
+    sq = torch.where(valid, x.pow(2).sum(dim=-1, keepdim=True), torch.ones((), dtype=x.dtype, device=x.device))
+    return (x / (sq.sqrt() + EPS)).masked_fill(~valid, 0.0)
+
+
 class AlignmentVector(nn.Module):
-    """``x = l2norm(W_a (q - c)^2 + b_a)``, ``W_a: d -> m``."""
+    """``x = l2norm(W_a (q - c)^2 + b_a)``, ``W_a: d -> m``; ``mask [..., n]`` (True = real
+    fragment) gives 0 at padded fragments (see :func:`masked_l2norm`)."""
 
     def __init__(self, sim_dim: int, embed_dim: int):
         super().__init__()
         self.sim_transform_w = nn.Linear(embed_dim, sim_dim)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return l2norm(self.sim_transform_w((query - context).pow(2)), dim=-1)
+    def forward(self, query: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_l2norm(self.sim_transform_w((query - context).pow(2)), mask)
 
 
 class CorrespondenceRegulator(nn.Module):
@@ -192,18 +213,18 @@ class RCARSimilarity(nn.Module):
                 s = torch.einsum("icld,ird->iclr", q, V) if t2i else torch.einsum("icrd,cld->icrl", q, E)
             a = self.attn.weigh(s, query_mask=qm4, key_mask=kmask, temperature=lam, dims=self.dims, meta=meta)
             c = torch.einsum("iclr,ird->icld", a, V) if t2i else torch.einsum("icrl,cld->icrd", a, E)
-            return l2norm(c, dim=-1)
+            return masked_l2norm(c, qmask)  # padded queries: 0, finite gradient
 
         e, lam = None, self.smooth
         if self.mode == "rar":
-            x = self.alv_modules[0](query, attend(e, lam))
+            x = self.alv_modules[0](query, attend(e, lam), qmask)
             g = _masked_mean(x, qmask)
             for rar in self.rar_modules:
                 g = rar(x, g, qmask)
             return torch.sigmoid(self.sim_eval_w(g)).squeeze(-1)
         if self.mode == "rcr":
             for alv, rcr in zip(self.alv_modules, self.rcr_modules):
-                x = alv(query, attend(e, lam))
+                x = alv(query, attend(e, lam), qmask)
                 e, lam = rcr(x, 1.0 if e is None else e, lam)
             c = attend(e, lam)
             cos = (query * c).sum(-1) / (query.norm(dim=-1) * c.norm(dim=-1)).clamp(min=EPS)
@@ -212,7 +233,7 @@ class RCARSimilarity(nn.Module):
             return (cos * qmask).sum(-1) / qmask.sum(-1)
         g = None
         for m in range(self.steps):
-            x = self.alv_modules[m](query, attend(e, lam))
+            x = self.alv_modules[m](query, attend(e, lam), qmask)
             if m == 0:
                 g = _masked_mean(x, qmask)
             if m < self.steps - 1:

@@ -94,6 +94,14 @@ def encode_split(model: MatchingModel, data: dict, *, batch_size: int = 200) -> 
     return torch.cat(feats), torch.cat(caps), lengths.to(dev)
 
 
+def _alignment_options(cfg: MatchingConfig, alignment: str) -> dict:
+    """The config's extra options for ``alignment`` (keys may be aliases, e.g. ``concat``)."""
+    from .. import align as _align
+
+    opts = {_align.canonical(k): dict(v) for k, v in dict(cfg.alignment_options).items()}
+    return opts.get(_align.canonical(alignment), {})
+
+
 # ----------------------------------------------------------------------------- the task
 class MatchingTask:
     """SCAN / SCAN+RCAR matching on the scenes (see the module docstring)."""
@@ -115,7 +123,7 @@ class MatchingTask:
                              direction=cfg.direction, agg=cfg.agg, lambda_softmax=cfg.lambda_softmax,
                              lambda_lse=cfg.lambda_lse, norm=cfg.norm, rcar=cfg.rcar, channels=tuple(cfg.channels),
                              pool=tuple(cfg.pool), sampling_ratio=cfg.sampling_ratio, strides=tuple(cfg.strides),
-                             pixels=cfg.pixels)
+                             pixels=cfg.pixels, alignment_options=_alignment_options(cfg, alignment))
 
     # ---------------------------------------------------------------- train / load
     def train(self, *, alignment: str, seed: int, out_dir: Path, config: dict | None = None,
@@ -167,7 +175,8 @@ class MatchingTask:
         saved = read_config(checkpoint_dir)
         if saved.get("task") != self.name:
             raise UnknownNameError("task of the checkpoint", str(saved.get("task")), [self.name])
-        cfg = self.resolve_config(saved)
+        # runs saved before ``alignment_options`` existed used every alignment's defaults
+        cfg = self.resolve_config({"alignment_options": {}, **saved})
         vocab_words = saved.get("vocabulary")
         vocab_size = len(vocab_words) if vocab_words else len(_vocab())
         model = self.build_model(cfg, alignment=saved["alignment"], vocab_size=vocab_size)
