@@ -9,6 +9,7 @@ The scored output is the mean cosine between each word and its attended context.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class FakeModel(nn.Module):
 
 
 def _scene(split: str, i: int):
-    rng = np.random.default_rng([hash(split) % 1000, i])
+    rng = np.random.default_rng([zlib.crc32(split.encode()) % 1000, i])  # stable across processes
     perm = rng.permutation(R)  # region r shows class perm[r]
     target = int(rng.integers(R))  # the caption names class `target`
     feats = np.eye(D)[perm]
@@ -79,7 +80,7 @@ class FakeTask:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-        (out_dir / "config.json").write_text(json.dumps({"alignment": alignment, "seed": seed}))
+        (out_dir / "config.json").write_text(json.dumps({"alignment": alignment, "seed": seed, **(config or {})}))
         return out_dir
 
     def load(self, checkpoint_dir, device="cpu"):

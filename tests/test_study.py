@@ -136,6 +136,21 @@ def test_shipped_checkpoint_is_used(tmp_path):
     assert len(FakeTask.calls["train"]) == n_train + 1
 
 
+def test_shipped_checkpoint_of_another_config_is_not_used(tmp_path):
+    """A checkpoint trained with other settings (e.g. the demo preset's) is retrained, not analysed
+    under this preset's data settings; the record says which keys differed."""
+    register_task("fake", FakeTask, overwrite=True)
+    ck = tmp_path / "ck"
+    FakeTask().train(alignment="dot", seed=0, out_dir=ck / "fake" / "dot", config={"n_eval": 99})
+    n_train = len(FakeTask.calls["train"])
+    res = run_study(tmp_path / "out", preset="quick", tasks=["fake"], alignments=["dot", "additive"],
+                    checkpoints=ck, progress=False, n_boot=200, n_examples=8)
+    rec = {r["alignment"]: r for r in res.records}["dot"]
+    assert rec["trained"] is True
+    assert rec["skipped_checkpoint"]["differing_keys"] == ["n_eval"]
+    assert len(FakeTask.calls["train"]) == n_train + 2
+
+
 def test_config_validation():
     from attnlens.errors import ShapeError, UnknownNameError
 
@@ -217,3 +232,41 @@ def test_unit_feature_check_is_measured():
         info = _model_info(attn, rec)
         assert info["unit_features"] is unit and info["norms"] == ["clipped_l2norm"]
     assert not attn.alignment._forward_hooks  # hooks removed
+
+
+def test_unit_feature_check_sees_all_pairs_scoring():
+    """SCAN scores all pairs through `alignment.pairwise`, which forward hooks miss: the check
+    must still measure the features, and leave no wrapper behind."""
+    import torch
+
+    from attnlens.models.attention import l2norm
+    from attnlens.models.scan import ScanSimilarity
+    from attnlens.study.units import _feature_norms
+
+    sim = ScanSimilarity(dim=8)
+    norms = []
+    with _feature_norms(sim, norms):
+        sim(l2norm(torch.randn(3, 5, 8)), l2norm(torch.randn(4, 6, 8)), torch.tensor([6, 3, 2, 1]))
+    assert norms and max(norms) < 1e-5
+    assert "pairwise" not in vars(sim.attn.alignment)
+    norms.clear()
+    with _feature_norms(sim, norms):
+        sim(torch.randn(3, 5, 8) * 3, torch.randn(4, 6, 8), torch.tensor([6, 3, 2, 1]))
+    assert max(norms) > 0.1
+
+
+def test_curve_gaps_against_random_order(study):
+    """The faithfulness signal is the gap to the random order: positive for attention that picks
+    the regions the output depends on (dot grounds perfectly in the fake task), and each gap row
+    equals the difference of the two AUC rows of the same example."""
+    long = pd.read_csv(study.out / "metrics_long.csv")
+    long = long[long.alignment == "dot"].set_index(["example_id", "metric"]).value
+    ids = long.index.get_level_values(0).unique()
+    for ex in ids:
+        assert long[(ex, "deletion_gap")] == pytest.approx(
+            long[(ex, "deletion_auc_random")] - long[(ex, "deletion_auc_morf")])
+        assert long[(ex, "insertion_gap")] == pytest.approx(
+            long[(ex, "insertion_auc_morf")] - long[(ex, "insertion_auc_random")])
+    m = study.metrics.set_index(["alignment", "metric"])
+    assert m.loc[("dot", "deletion_gap"), "mean"] > 0
+    assert bool(m.loc[("dot", "insertion_gap"), "higher_is_better"])

@@ -233,6 +233,13 @@ def unit_metrics(examples, scorer, cfg, *, model=None, task=None, baselines: boo
         mean = c.values.double().nanmean(0).tolist()
         curve_rows += [{"curve": mode, "order": order, "fraction": float(f), "value": float(v)}
                        for f, v in zip(c.fractions.tolist(), mean)]
+    # the signal is the gap to the random order (METRICS.md), not a raw AUC: a model whose output
+    # ignores the regions has flat curves, a high raw insertion AUC and a zero gap
+    gaps = {"deletion_gap": ("deletion", "random", "morf"), "insertion_gap": ("insertion", "morf", "random")}
+    for name, (mode, hi, lo) in gaps.items():
+        if (mode, hi) in curves and (mode, lo) in curves:
+            diff = (curves[(mode, hi)].auc - curves[(mode, lo)].auc).tolist()
+            extra += [_row(ex, name, v, "faithfulness") for ex, v in zip(examples, diff)]
     if cfg.agreement:
         loo = F.leave_one_out(scorer, valid)
         for i, ex in enumerate(examples):
@@ -241,7 +248,8 @@ def unit_metrics(examples, scorer, cfg, *, model=None, task=None, baselines: boo
             for k, val in ag.items():
                 extra.append(_row(ex, f"loo_{k}", val, "agreement"))
     long = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
-    hib = {**HIGHER_IS_BETTER, **{f"loo_{k}": True for k in ("kendall_tau", "spearman", "topk_overlap")}}
+    hib = {**HIGHER_IS_BETTER, "deletion_gap": True, "insertion_gap": True,
+           **{f"loo_{k}": True for k in ("kendall_tau", "spearman", "topk_overlap")}}
     long["higher_is_better"] = long["metric"].map(hib)
     return long, pd.DataFrame(curve_rows, columns=["curve", "order", "fraction", "value"])
 

@@ -132,6 +132,22 @@ def find_checkpoint(checkpoints, unit: Unit) -> Path | None:
     return None
 
 
+def config_mismatch(checkpoint: Path, config: dict) -> list[str]:
+    """Keys of ``config`` whose value differs from the checkpoint's ``config.json`` (empty = same).
+
+    A shipped checkpoint is used only when it was trained with the unit's own task config (the
+    preset's, with the study's overrides): a ``quick`` study never analyses ``demo`` models under
+    ``quick`` data settings, and a changed preset retrains instead of loading a stale model. Keys
+    the checkpoint does not record are not compared; a checkpoint without ``config.json`` matches.
+    """
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    norm = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples -> lists, as saved)
+    return sorted(k for k, v in config.items() if k in saved and norm(v) != saved[k])
+
+
 def _train(unit: Unit, out_dir: Path, config: dict, preset: str, device: str, progress: bool) -> Path:
     """Train through ``attnlens.train.run`` (run directory under ``out_dir``), or the task itself."""
     try:
@@ -176,6 +192,10 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
         task = get_task(unit.task)
         conf = task_config(task, cfg)
         ckpt = find_checkpoint(checkpoints, unit)
+        skipped = None
+        if ckpt is not None and config_mismatch(ckpt, conf):
+            skipped = {"checkpoint": str(ckpt), "differing_keys": config_mismatch(ckpt, conf)}
+            ckpt = None
         trained = ckpt is None
         if trained:
             ckpt = _train(unit, out / "checkpoints", conf,
@@ -209,7 +229,8 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
         save_examples(staging, examples)
         timings["total"] = time.perf_counter() - t_all
         record = {"task": unit.task, "alignment": unit.alignment, "seed": unit.seed, "task_metrics": perf,
-                  "checkpoint": str(ckpt), "trained": trained, "config": conf, "timings": timings,
+                  "checkpoint": str(ckpt), "trained": trained, "skipped_checkpoint": skipped,
+                  "config": conf, "timings": timings,
                   "model_info": _model_info(model, norms), "n_examples": len(examples),
                   "fingerprint": unit_fingerprint(unit, cfg),
                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -236,13 +257,29 @@ def _feature_norms(model: torch.nn.Module, record: list):
                 if n.numel():
                     record.append(float((n - 1).abs().max()))
 
-    handles = [m.alignment.register_forward_hook(hook) for m in model.modules()
-               if hasattr(m, "probe") and isinstance(getattr(m, "alignment", None), torch.nn.Module)]
+    aligns = [m.alignment for m in model.modules()
+              if hasattr(m, "probe") and isinstance(getattr(m, "alignment", None), torch.nn.Module)]
+    handles = [a.register_forward_hook(hook) for a in aligns]
+    # all-pairs scoring (SCAN, RCAR) calls `alignment.pairwise`, which forward hooks do not see:
+    # shadow it on the instance for the duration of the block
+    wrapped = []
+    for a in aligns:
+        if callable(getattr(a, "pairwise", None)) and "pairwise" not in vars(a):
+            original = a.pairwise
+
+            def pairwise(query, key, _original=original, _module=a):
+                hook(_module, (query, key), None)
+                return _original(query, key)
+
+            a.pairwise = pairwise
+            wrapped.append(a)
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+        for a in wrapped:
+            del a.pairwise
 
 
 def _model_info(model: torch.nn.Module, norms: Sequence[float] = ()) -> dict:
