@@ -29,7 +29,9 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+# everything, including the slow Ray tests (installs the optional `ray` extra)
 test-all: $(STAMP) browser
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

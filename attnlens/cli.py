@@ -53,7 +53,11 @@ def cli(debug: bool) -> None:
               help="Where shipped checkpoints are looked up: 'assets', a directory, or 'none' to train.")
 @click.option("--no-resume", is_flag=True, help="Recompute every unit instead of reusing finished ones.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints, no_resume, quiet):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the units here one after another, or as Ray tasks (pip install ray).")
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray) [default: start a local one].")
+def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints, no_resume, quiet, engine,
+          address):
     """Compare alignment functions end to end and write report.html, report.md and metrics.csv."""
     from .study import run_study
 
@@ -61,7 +65,7 @@ def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints
     kw = {} if n_examples is None else {"n_examples": n_examples}
     res = run_study(out, preset=preset, tasks=_split(tasks), alignments=_split(alignments), seeds=seeds,
                     device=device, checkpoints=None if checkpoints.lower() == "none" else checkpoints,
-                    resume=not no_resume, progress=not quiet, **kw)
+                    resume=not no_resume, progress=not quiet, engine=engine, address=address, **kw)
     click.echo(f"{len(res.ran)} unit(s) run, {len(res.reused)} reused")
     click.echo(f"report: {res.report_html}")
     click.echo(f"        {res.report_md}")

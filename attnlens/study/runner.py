@@ -31,6 +31,8 @@ from .units import Unit, clean_partials, load_examples, resolve_device, run_unit
 
 __all__ = ["run_study", "StudyResult", "analyse_study", "provenance"]
 
+ENGINES = ("local", "ray")
+
 
 @dataclass
 class StudyResult:
@@ -77,7 +79,8 @@ def _tasks_available() -> list[str]:
 def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None = None,
               alignments: Sequence[str] | None = None, seeds: Sequence[int] | int | None = None,
               device: str = "cpu", checkpoints: str | Path | None = "assets", resume: bool = True,
-              progress: bool = True, config: StudyConfig | None = None, **overrides) -> StudyResult:
+              progress: bool = True, config: StudyConfig | None = None, engine: str = "local",
+              address: str | None = None, **overrides) -> StudyResult:
     """Run (or resume) a study and write its report.
 
     Args:
@@ -90,6 +93,9 @@ def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None
         resume: reuse finished units (``False`` recomputes every unit).
         progress: progress bars.
         config: a full :class:`StudyConfig` (then ``preset``/``tasks``/... are ignored).
+        engine: ``"local"`` (units one after another in this process) or ``"ray"`` (units as Ray
+            tasks, see :mod:`attnlens.study.ray_engine`; same files and report).
+        address: the Ray cluster to join (``engine="ray"``; None starts a local instance).
         **overrides: other :class:`StudyConfig` fields (``n_examples``, ``n_boot`` ...).
 
     Returns:
@@ -107,6 +113,8 @@ def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None
     for t in config.tasks:
         if t not in available:
             raise UnknownNameError("task", t, available)
+    if engine not in ENGINES:
+        raise UnknownNameError("engine", engine, ENGINES)
     device = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     clean_partials(out)
@@ -114,7 +122,22 @@ def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None
     units = [Unit(t, a, s) for t in config.tasks for a in config.alignments for s in config.seeds]
     records, ran, reused = [], [], []
     started = time.time()
-    bar = tqdm(units, desc="study", unit="unit", disable=not progress)
+    if engine == "ray":
+        from .ray_engine import run_units_ray
+
+        done = {u.key for u in units if resume and unit_done(out, u, config)}
+        todo = [u for u in units if u.key not in done]
+        fresh = dict(zip([u.key for u in todo], run_units_ray(todo, out, config, device=device,
+                                                             checkpoints=checkpoints, address=address,
+                                                             progress=progress)))
+        for unit in units:
+            if unit.key in fresh:
+                records.append(fresh[unit.key])
+                ran.append(unit.key)
+            else:
+                records.append(json.loads((unit.dir(out) / "DONE.json").read_text()))
+                reused.append(unit.key)
+    bar = tqdm(units if engine == "local" else [], desc="study", unit="unit", disable=not progress)
     for unit in bar:
         bar.set_postfix_str(unit.key)
         if resume and unit_done(out, unit, config):

@@ -9,6 +9,10 @@ Example::
 are loaded, not retrained (``--no-resume`` starts over). One line per run: the task's test
 metrics, the training time recorded in the run (``train_seconds``: the epochs only, data
 generation excluded) and the wall time of this call.
+
+Under ``torchrun`` (e.g. ``torchrun --standalone --nproc_per_node=2 -m attnlens.train ...``) the
+ranks train one model together (see :mod:`attnlens.distributed.ddp`); only rank 0 prints and
+writes ``--json``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     overrides = json.loads(args.config) if args.config else None
+    from ..distributed.ddp import init_from_env
+
+    rank, _ = init_from_env(args.device)  # before any model is built (sets the rank's CUDA device)
     task = get_task(args.task)
     rows = []
     for alignment in _alignments(args.alignment):
@@ -63,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
                  if k not in ("task", "seed", "preset", "device", "run_dir", "threads")}
-        print(json.dumps(shown), flush=True)
+        if rank == 0:
+            print(json.dumps(shown), flush=True)
     del task
-    if args.json:
+    if args.json and rank == 0:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 

@@ -5,6 +5,11 @@ Determinism: the data order of epoch ``e`` comes from :func:`epoch_generator` ``
 from a global stream, and the global RNG states (dropout) are saved with every checkpoint, so
 a run interrupted after any epoch and resumed ends with the same weights and metrics as an
 uninterrupted run.
+
+Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` joins the process group, trains each
+rank on its shard of every global batch with gradients averaged over the ranks, and only rank 0
+evaluates and writes checkpoints (see :mod:`attnlens.distributed.ddp`, which also says where the
+results differ from a single-process run).
 """
 from __future__ import annotations
 
@@ -114,7 +119,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
         ``{"epoch", "history", "train_seconds"}``; history has one dict per epoch (``loss``,
         ``seconds``, and the metrics of evaluated epochs).
     """
+    from ..distributed import ddp as _ddp
+
     run_dir = Path(run_dir)
+    first = next(iter(model.parameters()), None)
+    rank, world = _ddp.init_from_env(first.device if first is not None else "cpu")
+    progress = progress and rank == 0
     start, history, seconds = 0, [], 0.0
     if resume and has_checkpoint(run_dir):
         old = read_config(run_dir)
@@ -127,6 +137,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
         if start < epochs:  # a finished run (e.g. shipped without trainer.pt) needs no optimizer state
             load_trainer_state(run_dir, optimizer)
         seconds = float(state.get("train_seconds", 0.0))
+    if world > 1:
+        starts = _ddp.gather_objects(start, world)
+        if len(set(starts)) != 1:
+            raise _ddp.DistributedError(f"ranks resume from different epochs {starts}: the run directory "
+                                        f"{run_dir} must be on a file system shared by the ranks")
+        _ddp.broadcast_module(model)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         if lr_at is not None:
@@ -138,11 +154,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
         bar = tqdm(data, total=total, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
         losses = []
         for batch in bar:
+            if world > 1:
+                if _ddp.batch_size(batch) < world:  # every rank sees the same global batch: same decision
+                    continue
+                batch = _ddp.shard_batch(batch, rank, world)
             loss = loss_fn(batch, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch + 1}")
+            loss_value = _ddp.mean_over_ranks(float(loss.detach()), world, loss.device)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite training loss {loss_value} at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _ddp.average_gradients(model.parameters(), world)
             bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
             if bad:
                 raise FloatingPointError(f"non-finite gradients at epoch {epoch + 1} in {', '.join(bad[:8])}"
@@ -150,21 +172,32 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
             if grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss_value)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
         entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan}
         last = epoch + 1 == epochs
         if evaluate is not None and (last or (eval_every and (epoch + 1) % eval_every == 0)):
-            model.eval()
-            with torch.no_grad():
-                entry.update({k: float(v) for k, v in evaluate().items()})
-            model.train()
+            metrics: dict = {}
+            if rank == 0:
+                model.eval()
+                with torch.no_grad():
+                    metrics = {k: float(v) for k, v in evaluate().items()}
+                model.train()
+            entry.update(_ddp.broadcast_object(metrics) if world > 1 else metrics)
         dt = time.perf_counter() - t0
         seconds += dt
         entry["seconds"] = dt
         history.append(entry)
-        save_checkpoint(run_dir, model, config=config, epoch=epoch + 1, history=history, optimizer=optimizer,
-                        extra={"train_seconds": seconds})
+        extra: dict[str, Any] = {"train_seconds": seconds}
+        if world > 1:
+            extra["distributed"] = {"world_size": world, "param_sha256": _ddp.check_in_sync(model, world)}
+        if rank == 0:
+            save_checkpoint(run_dir, model, config=config, epoch=epoch + 1, history=history, optimizer=optimizer,
+                            extra=extra)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
     model.eval()
     return {"epoch": max(start, epochs), "history": history, "train_seconds": seconds}

@@ -1,0 +1,19 @@
+"""Scale-out helpers: sharded all-pairs scoring and multi-process (``torchrun``) training.
+
+* :func:`sharded_similarity` scores a gallery in image x caption blocks, in this process, a
+  local process pool or Ray, and assembles the same ``[Ni, Nc]`` matrix, bit for bit, as one
+  :class:`~attnlens.models.scan.ScanSimilarity` call (see :mod:`attnlens.distributed.allpairs`).
+* :mod:`attnlens.distributed.ddp`: process-group set-up from the ``torchrun`` environment, batch
+  sharding and gradient averaging used by :func:`attnlens.train.fit` when launched by
+  ``torchrun`` (see that module for where results differ from single-process training).
+
+Neither imports Ray unless ``executor="ray"`` is asked for.
+"""
+from __future__ import annotations
+
+from .allpairs import block_grid, sharded_similarity
+from .ddp import (DistributedError, average_gradients, dist_context, init_from_env, is_main_process,
+                  shard_batch, state_hash)
+
+__all__ = ["DistributedError", "average_gradients", "block_grid", "dist_context", "init_from_env",
+           "is_main_process", "shard_batch", "sharded_similarity", "state_hash"]
