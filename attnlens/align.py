@@ -254,7 +254,7 @@ register("cosine", lambda dim, **o: Cosine(dim, **o))
 register("general", lambda dim, **o: Bilinear(dim, name="general", **o), aliases=("bilinear",))
 register("biased_general", lambda dim, **o: Bilinear(dim, name="biased_general", bias=True, **o))
 register("activated_general", lambda dim, activation="tanh", **o: Bilinear(
-    dim, name=f"activated_general", bias=True, activation=activation, **o))
+    dim, name="activated_general", bias=True, activation=activation, **o))
 register("additive", lambda dim, **o: Additive(dim, **o), aliases=("concat",))
 
 SCALE_INVARIANT_NORMS = ("clipped_l2norm", "l2norm", "clipped_l1norm", "l1norm")

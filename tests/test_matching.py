@@ -6,7 +6,6 @@ import torch
 
 import attnlens.train as T
 from attnlens.errors import CheckpointError, ShapeError, UnknownNameError
-from attnlens.models.attention import l2norm
 from attnlens.models.matching import MatchingModel
 from attnlens.tasks import get_task
 from attnlens.tasks.base import AnalysisExample

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from attnlens.errors import DTypeError, ShapeError, UnknownNameError
 from attnlens.models.vqa import VQAModel, grid_boxes, prepare_images

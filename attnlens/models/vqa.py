@@ -30,7 +30,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import ShapeError, UnknownNameError
 from .attention import CrossAttention, length_mask
