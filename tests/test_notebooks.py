@@ -22,11 +22,20 @@ def test_quickstart():
     nb = run_notebook("01_quickstart.ipynb")
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "most attended region" in text
+    assert "similarity of the pair" in text  # the trained, shipped matching model
+    # figures reach the reader as pictures, not as "<Figure size ...>" text
+    kinds = [set(o.get("data", {})) for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in k for k in kinds) >= 2
 
 
 @pytest.mark.parametrize("name", ["02_compare_alignments.ipynb", "03_your_own_model.ipynb", "04_rcar_regulators.ipynb"])
 def test_other_notebooks(name):
-    run_notebook(name, timeout=600)
+    nb = run_notebook(name, timeout=600)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
+    assert not errors
+    texts = [str(o.get("data", {}).get("text/plain", "")) for c in nb.cells if c.cell_type == "code"
+             for o in c.outputs if "image/png" not in o.get("data", {})]
+    assert not any(t.startswith("<Figure size") for t in texts), "a figure was shown as text"
 
 
 def test_readme_python_blocks(tmp_path, monkeypatch):
