@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .state import load_state_strict
 from .encoders import GRUTextEncoder, PrecompImageEncoder
 
 
@@ -34,15 +35,7 @@ def safe_load(path, map_location="cpu"):
 
 
 def _load_into(module, state, what, path):
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{path}: {what} state does not fit: missing keys {missing}, unexpected keys "
-                              f"{unexpected}, shape mismatches {shapes}")
-    module.load_state_dict(state)
+    load_state_strict(module, state, f"{path}: {what} state does not fit")
 
 
 def load_scan_checkpoint(path, vocab_path=None, map_location="cpu"):

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ShapeError, UnknownNameError
+from .state import load_state_strict
 from .attention import CrossAttention, l2norm, masked_softmax
 from .scan import DIRECTIONS, check_inputs, is_plain_dot
 
@@ -283,13 +284,6 @@ def from_reference(state_dict: dict, mode: str = "rcar", steps: int | None = Non
         counts = {"rar": idx("rar_modules"), "rcr": idx("rcr_modules"), "alv": idx("alv_modules")}
         steps = len(counts["rar"]) if MODES[mode] == "rar" else len(counts["alv"])
     model = RCARSimilarity(embed_dim, sim_dim, mode=mode, steps=steps, direction=direction, **options)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"RCAR state dict does not fit mode={mode!r}, steps={steps} (d={embed_dim}, "
-                              f"m={sim_dim}): missing {missing}, unexpected {unexpected}, shape mismatches {shapes}")
-    model.load_state_dict(sd)
+    load_state_strict(model, sd, f"RCAR state dict does not fit mode={mode!r}, steps={steps} "
+                                 f"(d={embed_dim}, m={sim_dim})")
     return model.eval()

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, FormatError
+from ..models.state import load_state_strict
 
 MODEL_FILE, CONFIG_FILE, STATE_FILE, TRAINER_FILE = "model.safetensors", "config.json", "state.json", "trainer.pt"
 CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE, STATE_FILE, TRAINER_FILE)
@@ -162,21 +163,8 @@ def load_checkpoint(run_dir: str | Path, model: nn.Module, *, device: str | torc
     run_dir = Path(run_dir)
     path = run_dir / MODEL_FILE if run_dir.is_dir() else run_dir
     tensors, meta = _load_tensors(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        for what, keys in (("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected),
-                           ("of another shape", shapes)):
-            if keys:
-                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-                parts.append(f"{what}: {shown}")
-        raise CheckpointError(f"{path} does not fit {type(model).__name__} (another architecture or config?); "
-                              + "; ".join(parts))
-    model.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
+    load_state_strict(model, {k: v.to(device) for k, v in tensors.items()},
+                      f"{path} does not fit {type(model).__name__} (another architecture or config?)")
     state = read_state(run_dir) if (run_dir.is_dir() and (run_dir / STATE_FILE).exists()) else {}
     if state and "epoch" in meta and int(meta["epoch"]) != int(state.get("epoch", -1)):
         raise CheckpointError(f"{run_dir}: weights are from epoch {meta['epoch']} but state.json says epoch "
