@@ -56,7 +56,7 @@ from ..models.scene_detector import color_labels, detect
 from ..models.vqa import grid_boxes
 from ..train.checkpoint import load_checkpoint, read_config
 from ..train.config import TrainConfig
-from ..train.loop import fit, resolve_device, set_seed
+from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
 from .base import REMOVALS, AnalysisExample, GroundingTarget, ScoreFn
 from .common import check_keep, record_probes, word_region_map
@@ -284,9 +284,10 @@ class GenerationTask:
             return cfg.lr * (cfg.lr_decay if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0)
 
         saved = {**cfg.to_dict(), "alignment": alignment, "seed": int(seed), "vocabulary": list(vocab.idx2word)}
-        fit(model, optimizer, run_dir=out_dir, config=saved, epochs=cfg.epochs, seed=seed, batches=batches,
-            loss_fn=loss_fn, evaluate=lambda: self._mse(model, cfg), lr_at=lr_at, grad_clip=cfg.grad_clip,
-            progress=progress, resume=resume, desc=f"generation/{alignment}")
+        with cpu_threads(cfg.threads):  # the thread count changes the last bits: fixed for reproducibility
+            fit(model, optimizer, run_dir=out_dir, config=saved, epochs=cfg.epochs, seed=seed, batches=batches,
+                loss_fn=loss_fn, evaluate=lambda: self._mse(model, cfg), lr_at=lr_at, grad_clip=cfg.grad_clip,
+                progress=progress, resume=resume, desc=f"generation/{alignment}")
         return Path(out_dir)
 
     def load(self, checkpoint_dir: Path, device: str = "cpu") -> TextToImage:

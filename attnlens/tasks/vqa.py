@@ -41,7 +41,7 @@ from ..errors import ShapeError, UnknownNameError
 from ..models.vqa import VQAModel, grid_boxes, prepare_images
 from ..train.checkpoint import load_checkpoint, read_config
 from ..train.config import TrainConfig
-from ..train.loop import fit, resolve_device, set_seed
+from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
 from .base import REMOVALS, AnalysisExample, GroundingTarget, ScoreFn
 from .common import check_keep, record_probes, word_region_map
@@ -311,9 +311,10 @@ class VQATask:
 
         saved = {**cfg.to_dict(), "alignment": alignment, "seed": int(seed),
                  "vocabulary": list(train["vocab"].idx2word), "answer_names": list(train["answer_names"])}
-        fit(model, optimizer, run_dir=out_dir, config=saved, epochs=cfg.epochs, seed=seed, batches=batches,
-            loss_fn=loss_fn, evaluate=lambda: accuracy(model, test), eval_every=cfg.eval_every, lr_at=lr_at,
-            grad_clip=cfg.grad_clip, progress=progress, resume=resume, desc=f"vqa/{cfg.dataset}/{alignment}")
+        with cpu_threads(cfg.threads):  # the thread count changes the last bits: fixed for reproducibility
+            fit(model, optimizer, run_dir=out_dir, config=saved, epochs=cfg.epochs, seed=seed, batches=batches,
+                loss_fn=loss_fn, evaluate=lambda: accuracy(model, test), eval_every=cfg.eval_every, lr_at=lr_at,
+                grad_clip=cfg.grad_clip, progress=progress, resume=resume, desc=f"vqa/{cfg.dataset}/{alignment}")
         return Path(out_dir)
 
     def load(self, checkpoint_dir: Path, device: str = "cpu") -> VQAModel:
