@@ -193,8 +193,9 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
         conf = task_config(task, cfg)
         ckpt = find_checkpoint(checkpoints, unit)
         skipped = None
-        if ckpt is not None and config_mismatch(ckpt, conf):
-            skipped = {"checkpoint": str(ckpt), "differing_keys": config_mismatch(ckpt, conf)}
+        differing = config_mismatch(ckpt, conf) if ckpt is not None else []
+        if differing:
+            skipped = {"checkpoint": str(ckpt), "differing_keys": differing}
             ckpt = None
         trained = ckpt is None
         if trained:
