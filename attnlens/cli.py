@@ -80,14 +80,32 @@ def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints
               show_default=True, help="Parent directory of the run directory.")
 @click.option("--preset", type=click.Choice(["quick", "demo", "full"]), default="demo", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--config", "config_json", default=None,
+              help='JSON object of config overrides, e.g. \'{"dataset": "easy_vqa"}\' for VQA on easy-VQA.')
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming an interrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(task, alignment, seed, out, preset, device, no_resume, quiet):
-    """Train one task model with one alignment function (seeded, resumable)."""
+def train(task, alignment, seed, out, preset, device, config_json, no_resume, quiet):
+    """Train one task model with one alignment function (seeded, resumable); prints its test numbers."""
+    import json
+
     from . import train as _train
 
+    overrides = None
+    if config_json:
+        try:
+            overrides = json.loads(config_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--config") from exc
+        if not isinstance(overrides, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--config")
     path = _train.run(task, alignment=alignment, seed=seed, out_dir=out, preset=preset, device=device,
-                      progress=not quiet, resume=not no_resume)
+                      config=overrides, progress=not quiet, resume=not no_resume)
+    from .train.checkpoint import STATE_FILE
+
+    history = _train.read_state(path).get("history") if (Path(path) / STATE_FILE).exists() else None
+    if history:  # the built-in tasks record their test numbers after the last epoch
+        shown = {k: round(float(v), 2) for k, v in history[-1].items() if k not in ("epoch", "loss", "seconds")}
+        click.echo(f"test: {json.dumps(shown)}")
     click.echo(f"checkpoint: {path}")
 
 
@@ -95,28 +113,45 @@ def train(task, alignment, seed, out, preset, device, no_resume, quiet):
 @click.option("--task", required=True, help="Task whose model the checkpoint holds.")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True)
-@click.option("--n", "n_examples", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Number of examples to capture.")
+@click.option("--n-examples", "--n", "n_examples", type=click.IntRange(min=1), default=None,
+              help="Number of examples to capture, from the first [default: the whole split].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for the saved maps (examples.json + examples.npz).")
+              help="Directory for the saved maps (examples.json + examples.npz) and metric rows.")
 @click.option("--preset", type=click.Choice(["quick", "demo", "full"]), default="demo", show_default=True,
-              help="The task config the checkpoint was trained with.")
+              help="The study preset's metric settings (and the task config, where the checkpoint has no config.json).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
-def capture(task, checkpoint, split, n_examples, out, preset, device):
-    """Run a checkpoint on a data split and save its word x region attention maps."""
-    import torch
-
-    from .study.units import resolve_device, save_examples
+@click.option("--metrics/--no-metrics", default=False, show_default=True,
+              help="Also compute the per-example metric rows (long.csv) and mean curves (curves.csv).")
+@click.option("--engine", type=click.Choice(["local", "process", "ray"]), default="local", show_default=True,
+              help="Run the shards here one after another, in a local process pool, or as Ray tasks (pip install ray).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Examples per shard; finished shards are kept, so a rerun after an interruption resumes.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Processes of the pool / CPUs of a local Ray instance.")
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray) [default: start a local one].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def capture(task, checkpoint, split, n_examples, out, preset, device, metrics, engine, shard_size, workers, address,
+            quiet):
+    """Run a checkpoint on a data split and save its word x region attention maps (and metric rows)."""
+    from .distributed.dataset import capture_dataset
+    from .study.config import study_config
+    from .study.units import resolve_device
     from .tasks import get_task
 
+    from .train.checkpoint import CONFIG_FILE, read_json
+
     t = get_task(task)
-    model = t.load(checkpoint, device=resolve_device(device))
-    model.eval()
-    with torch.no_grad():
-        examples = list(t.analysis_examples(model, n=n_examples, split=split, config=t.default_config(preset)))
-    out.mkdir(parents=True, exist_ok=True)
-    save_examples(out, examples)
-    click.echo(f"{len(examples)} map(s) saved to {out}")
+    config = t.default_config(preset)
+    if (checkpoint / CONFIG_FILE).exists():  # the data the model was trained on (e.g. VQA on easy-VQA)
+        config = {**config, **read_json(checkpoint / CONFIG_FILE)}
+    rec = capture_dataset(task, checkpoint, out, split=split, n=n_examples, config=config,
+                          metrics=metrics, settings=study_config(preset), shard_size=shard_size, engine=engine,
+                          workers=workers, address=address, device=resolve_device(device), progress=not quiet)
+    what = f"{rec['n_examples']} map(s){' and their metric rows' if metrics else ''}"
+    if rec.get("already_done"):
+        click.echo(f"{what} already complete in {out} (nothing recomputed)")
+    else:
+        click.echo(f"{what} saved to {out} ({rec['n_shards']} shard(s), {rec['reused_shards']} reused)")
 
 
 @cli.command()

@@ -8,6 +8,13 @@
    float32): one ``ScanSimilarity`` call vs :func:`attnlens.distributed.sharded_similarity`
    on a local pool of 2 spawned processes (1 torch thread each, pool start-up included); the
    single call also runs with 1 thread, so the comparison is 1 core vs 2 cores.
+3. Dataset-wide capture + per-example metrics (:func:`attnlens.distributed.dataset.capture_dataset`)
+   of a shipped checkpoint (``--capture-task``, default the matching ``dot`` model) over the
+   test split (``--capture-n``, default the whole split) with the demo study's metric settings:
+   the local engine (this process, 1 torch thread) vs Ray tasks on a local instance with 2 CPUs
+   (1 thread each; ``ray.init`` timed apart, then the job twice: on fresh workers, and again on
+   the same workers with their imports done and the model loaded); prints the wall times and
+   whether the merged files are byte-identical.
 
 Expected scaling on a cluster (on paper): study units are independent; a unit moves a few
 hundred bytes in and about a megabyte of files out, so wall time is about
@@ -20,6 +27,7 @@ Usage::
 
     python benchmarks/bench_scaleout.py                         # both parts
     python benchmarks/bench_scaleout.py --skip-study --images 512 --captions 2560
+    python benchmarks/bench_scaleout.py --skip-study --skip-allpairs --capture-n 100
 """
 from __future__ import annotations
 
@@ -92,6 +100,44 @@ def bench_allpairs(n_images: int, n_captions: int) -> None:
           f"speed-up {single / pooled:.2f}x; bit-identical: {bool(torch.equal(out, ref))}")
 
 
+def bench_capture(task: str, n: int | None, shard_size: int) -> None:
+    import ray
+
+    from attnlens.distributed.dataset import capture_dataset
+    from attnlens.study import study_config
+    from attnlens.tasks import get_task
+
+    root = Path(tempfile.mkdtemp(prefix="bench_capture_"))
+    ckpt = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / f"{task}-dot-seed0"
+    kw = dict(n=n, config=get_task(task).default_config("demo"), settings=study_config("demo"),
+              shard_size=shard_size, progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        rec = capture_dataset(task, ckpt, root / "local", engine="local", **kw)
+        local = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start = time.perf_counter() - t0
+        remote = {}
+        for run in ("cold", "warm"):  # warm: the same workers again (imports done, model cached)
+            t0 = time.perf_counter()
+            capture_dataset(task, ckpt, root / run, engine="ray", workers=2, **kw)
+            remote[run] = time.perf_counter() - t0
+        ray.shutdown()
+        same = all((root / "local" / f).read_bytes() == (root / run / f).read_bytes()
+                   for f in ("examples.json", "examples.npz", "long.csv", "curves.csv") for run in remote)
+    finally:
+        torch.set_num_threads(before)
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"capture + metrics, {task} dot, {rec['n_examples']} test examples in {rec['n_shards']} shards of "
+          f"{shard_size} (demo metric settings, 1 thread per process): local {local:.1f} s; ray 2 cpus: "
+          f"ray.init {start:.1f} s, first job {remote['cold']:.1f} s (workers start), same job again "
+          f"{remote['warm']:.1f} s; local/ray = {local / remote['cold']:.2f}x cold, "
+          f"{local / remote['warm']:.2f}x warm; byte-identical: {same}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--alignments", default="dot,general")
@@ -99,11 +145,17 @@ def main() -> None:
     p.add_argument("--captions", type=int, default=1280)
     p.add_argument("--skip-study", action="store_true")
     p.add_argument("--skip-allpairs", action="store_true")
+    p.add_argument("--capture-task", default="matching")
+    p.add_argument("--capture-n", type=int, default=None)
+    p.add_argument("--shard-size", type=int, default=25)
+    p.add_argument("--skip-capture", action="store_true")
     args = p.parse_args()
     if not args.skip_allpairs:
         bench_allpairs(args.images, args.captions)
     if not args.skip_study:
         bench_study(args.alignments.split(","))
+    if not args.skip_capture:
+        bench_capture(args.capture_task, args.capture_n, args.shard_size)
 
 
 if __name__ == "__main__":

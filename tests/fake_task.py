@@ -103,9 +103,12 @@ class FakeTask:
             hits.append(int(w[1].argmax()) == region)
         return {"accuracy": float(np.mean(hits))}
 
-    def analysis_examples(self, model, *, n, split="test", config=None):
+    def split_size(self, split="test", config=None):
+        return int((config or {}).get("n_eval", 12))
+
+    def analysis_examples(self, model, *, n, split="test", config=None, start=0):
         out = []
-        for i in range(n):
+        for i in range(start, start + n):
             img, feats, target, region = _scene(split, i)
             res = model(torch.as_tensor(_words(target))[None], torch.as_tensor(feats)[None])
             regions = Regions(BOXES, image_size=(H, W))
@@ -116,7 +119,6 @@ class FakeTask:
             out.append(AnalysisExample(f"img{i}/0", img, regions, ("the", CLASSES[target]), amap, (tg,),
                                        np.ones(R, bool), float(self._sim(model, feats[None], target)[0]),
                                        {"alignment": model.alignment_name, "feats": None}))
-        self._cache = [(_scene(split, i)[1], _scene(split, i)[2]) for i in range(n)]
         return out
 
     def _sim(self, model, feats, target, keep=None):
@@ -126,7 +128,8 @@ class FakeTask:
         return torch.nn.functional.cosine_similarity(res.context, words, dim=-1).mean(-1).detach()
 
     def scorer(self, model, examples, *, removal="mask"):
-        cache = [(_scene("test", i)[1], _scene("test", i)[2]) for i in range(len(examples))]
+        index = [int(e.example_id.split("/")[0][3:]) for e in examples]  # "img<i>/0": scene i
+        cache = [(_scene("test", i)[1], _scene("test", i)[2]) for i in index]
         feats = np.stack([c[0] for c in cache])
         targets = np.array([c[1] for c in cache])
 
@@ -139,3 +142,39 @@ class FakeTask:
             return torch.where(empty, torch.zeros_like(out), out)
 
         return score
+
+
+# ----------------------------------------------------------------------------- Ray failure test
+DIE_MARKER_ENV, RUN_LOG_ENV = "ATTNLENS_TEST_DIE_MARKER", "ATTNLENS_TEST_RUN_LOG"
+
+
+class DieOnceTask(FakeTask):
+    """FakeTask whose first unit to reach its analysis kills its own process (``os._exit(1)``,
+    no cleanup runs), for the Ray retry test. Which process dies is decided by the atomic creation
+    of the file ``$ATTNLENS_TEST_DIE_MARKER``; every unit run (every ``evaluate``, in any process)
+    appends a line to ``$ATTNLENS_TEST_RUN_LOG``."""
+
+    def evaluate(self, model, split="test", config=None):
+        import os
+
+        with open(os.environ[RUN_LOG_ENV], "a") as fh:
+            fh.write(f"{model.alignment_name} {os.getpid()}\n")
+        return super().evaluate(model, split=split, config=config)
+
+    def analysis_examples(self, model, *, n, split="test", config=None, **kwargs):
+        import os
+
+        try:
+            fd = os.open(os.environ[DIE_MARKER_ENV], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().analysis_examples(model, n=n, split=split, config=config, **kwargs)
+        os.write(fd, f"{model.alignment_name} {os.getpid()}".encode())
+        os.close(fd)
+        os._exit(1)
+
+
+def register_die_once() -> None:
+    """Ray worker setup hook (``runtime_env={"worker_process_setup_hook": "fake_task.register_die_once"}``)."""
+    from attnlens.tasks.base import register_task
+
+    register_task("fake", DieOnceTask, overwrite=True)

@@ -108,18 +108,22 @@ def contrastive_loss_loop(S, margin=0.2, max_violation=False):
 
 
 # ----------------------------------------------------------------------------------- RCAR
-def rcar_cross_attention(query, context, matrix, smooth):
-    """query (B, Lq, d) * matrix, context (B, Lk, d); smooth scalar or (B, Lq, 1)."""
+def rcar_cross_attention(query, context, matrix, smooth, align=None):
+    """query (B, Lq, d) * matrix, context (B, Lk, d); smooth scalar or (B, Lq, 1).
+    ``align(q (B, Lq, d), k (B, Lk, d)) -> (B, Lq, Lk)`` replaces the dot product when given."""
     q = query * matrix
-    attn = torch.bmm(context, q.transpose(1, 2))                          # (B, Lk, Lq)
+    if align is None:
+        attn = torch.bmm(context, q.transpose(1, 2))                      # (B, Lk, Lq)
+    else:
+        attn = align(q, context).transpose(1, 2)
     attn = l2norm(F.leaky_relu(attn, 0.1), 2)
     attn = attn.transpose(1, 2)
     attn = torch.softmax(attn * smooth, dim=2)
     return l2norm(torch.bmm(attn, context), -1)
 
 
-def rcar_alignment_vector(lin, query, context, matrix, smooth):
-    c = rcar_cross_attention(query, context, matrix, smooth)
+def rcar_alignment_vector(lin, query, context, matrix, smooth, align=None):
+    c = rcar_cross_attention(query, context, matrix, smooth, align)
     return l2norm(lin(torch.pow(query - c, 2)), -1)
 
 
@@ -137,9 +141,10 @@ def rcar_rar(mid, hig, mod):
     return l2norm((w[:, :, None] * mid).sum(dim=1), -1)
 
 
-def rcar_reference(model, images, captions, lengths, *, mode, steps, direction, smooth0):
+def rcar_reference(model, images, captions, lengths, *, mode, steps, direction, smooth0, align=None):
     """Per-caption loop following the public similarity encoder; uses the Linear layers of an
-    :class:`attnlens.models.rcar.RCARSimilarity` ``model`` (its own forward is not used)."""
+    :class:`attnlens.models.rcar.RCARSimilarity` ``model`` (its own forward is not used).
+    ``align``: an alignment function's batched forward in place of the dot product (None: dot)."""
     alv = [m.sim_transform_w for m in model.alv_modules]
     rcr = [{"matrix": m.rcr_matrix_w, "smooth": m.rcr_smooth_w} for m in model.rcr_modules]
     rar = [{"q": m.rar_q_w[0], "k": m.rar_k_w[0], "v": m.rar_v_w[0]} for m in model.rar_modules]
@@ -151,20 +156,20 @@ def rcar_reference(model, images, captions, lengths, *, mode, steps, direction, 
         matrix = torch.ones(d, dtype=images.dtype)
         smooth = smooth0
         if mode == "rar":
-            mid = rcar_alignment_vector(alv[0], query, context, matrix, smooth)
+            mid = rcar_alignment_vector(alv[0], query, context, matrix, smooth, align)
             hig = mid.mean(1)
             for mod in rar:
                 hig = rcar_rar(mid, hig, mod)
             sim = torch.sigmoid(model.sim_eval_w(hig))
         elif mode == "rcr":
             for m in range(steps):
-                mid = rcar_alignment_vector(alv[m], query, context, matrix, smooth)
+                mid = rcar_alignment_vector(alv[m], query, context, matrix, smooth, align)
                 matrix, smooth = rcar_rcr(mid, matrix, smooth, rcr[m])
-            c = rcar_cross_attention(query, context, matrix, smooth)
+            c = rcar_cross_attention(query, context, matrix, smooth, align)
             sim = cosine(query, c, dim=2).mean(dim=1, keepdim=True)
         else:
             for m in range(steps):
-                mid = rcar_alignment_vector(alv[m], query, context, matrix, smooth)
+                mid = rcar_alignment_vector(alv[m], query, context, matrix, smooth, align)
                 if m == 0:
                     hig = mid.mean(1)
                 if m < steps - 1:

@@ -77,6 +77,9 @@ def test_train_and_study_commands(tmp_path, capsys):
     assert main(["train", "--task", "fake", "--alignment", "dot", "--out", str(tmp_path / "ck"), "--quiet"]) == 0
     assert "checkpoint:" in capsys.readouterr().out
     assert list((tmp_path / "ck").rglob("model.safetensors"))
+    for bad in ("{not json", "[1, 2]"):
+        assert main(["train", "--task", "fake", "--alignment", "dot", "--config", bad, "--quiet"]) == 2
+        assert "--config" in capsys.readouterr().err
     rc = main(["study", "--preset", "quick", "--out", str(tmp_path / "st"), "--tasks", "fake", "--alignments",
                "dot,additive", "--n-examples", "4", "--checkpoints", str(tmp_path / "ck"), "--quiet"])
     assert rc == 0

@@ -1,6 +1,8 @@
 """Tests of the built-in grounded scenes: ground truth checked against the pixels."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -92,7 +94,8 @@ def test_captions_are_grounded(samples):
             assert isinstance(cap, GroundedCaption) and cap.image_id == s.image_id
             assert cap.image_size == (64, 64)
             assert set(cap.tokens) <= set(VOCABULARY)
-            assert 1 <= len(cap.phrases) <= 2
+            assert 1 <= len(cap.phrases) <= 3
+            assert len({p.entity_id for p in cap.phrases}) == len(cap.phrases)  # distinct objects
             for p in cap.phrases:
                 obj = s.objects[int(p.entity_id)]
                 assert p.types == (obj.shape,)
@@ -115,10 +118,13 @@ def test_relations_match_geometry(samples):
     seen = 0
     for s in samples:
         for cap in s.captions:
-            if len(cap.phrases) != 2:
+            if len(cap.phrases) < 2:
                 continue
-            a, b = cap.phrases
+            a, b = cap.phrases[:2]
             link = cap.tokens[a.first_token + len(a.tokens):b.first_token]
+            if len(cap.phrases) == 3:  # a third object is joined by "and"
+                c = cap.phrases[2]
+                assert cap.tokens[b.first_token + len(b.tokens):c.first_token] == ("and",)
             if link == ("and",):
                 continue
             axis, sign = rels[link]
@@ -291,3 +297,20 @@ def test_load_split():
     assert len(load_split("test")) == 200
     with pytest.raises(UnknownNameError, match="valid"):
         load_split("dev")
+
+
+def test_caption_sizes_follow_the_rates():
+    """single_rate / triple_rate set how many objects captions name; 1.0 forces the size."""
+    from attnlens.data.scenes import generate
+
+    def sizes(**options):
+        return Counter(len(c.phrases) for s in generate(60, seed=3, **options) for c in s.captions)
+
+    assert set(sizes(single_rate=1.0, triple_rate=0.0)) == {1}
+    assert set(sizes(single_rate=0.0, triple_rate=0.0)) == {2}
+    three = sizes(single_rate=0.0, triple_rate=1.0, min_objects=3)
+    assert set(three) == {3}
+    default = sizes()
+    assert default[1] < 0.12 * sum(default.values()) and default[3] > 0.3 * sum(default.values())
+    with pytest.raises(ShapeError, match="single_rate"):
+        generate(1, single_rate=0.6, triple_rate=0.6)

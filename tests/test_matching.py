@@ -34,7 +34,8 @@ def _inputs(n=3, R=5, L=4):
 
 
 @pytest.mark.parametrize("kw", [{}, {"direction": "i2t", "agg": "lse"}, {"alignment": "general"},
-                                {"rcar": {"mode": "coop_rcar", "steps": 2}}])
+                                {"rcar": {"mode": "coop_rcar", "steps": 2}},
+                                {"rcar": {"mode": "coop_rcar", "steps": 2}, "alignment": "additive"}])
 def test_forward_equals_encode_then_score(kw):
     m = _model(**kw)
     images, boxes, mask, tokens, lengths = _inputs()
@@ -249,12 +250,12 @@ def test_command_line_prints_metrics_per_alignment(tiny_run, capsys):
 
 def test_alignment_options_apply_per_alignment_name():
     """The demo preset gives ``additive`` (alias ``concat``) a hidden size of 16 and leaves the
-    other alignments alone; the matching scenes relate objects and name sizes in every caption."""
+    other alignments alone; matching trains on the default scenes."""
     from attnlens.train.config import MatchingConfig
 
     task = get_task("matching")
     cfg = MatchingConfig.preset("demo").replace(embed_dim=32, word_dim=8, channels=(4,), strides=(4,))
-    assert cfg.scene_options == {"relation_rate": 1.0, "size_rate": 1.0}
+    assert cfg.scene_options == {}
     additive = task.build_model(cfg, alignment="additive", vocab_size=30)
     assert additive.sim.attn.alignment.w_query.weight.shape == (16, 32) and additive.hparams["alignment_options"]
     cfg = cfg.replace(alignment_options={"concat": {"hidden": 4}})

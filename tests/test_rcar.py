@@ -88,6 +88,43 @@ def test_finite_gradients_with_unequal_lengths_and_padded_regions(mode, directio
             Si = model(ims[i:i + 1, :n], caps, lengths)
             assert torch.allclose(Si[0], S[i], rtol=0, atol=1e-12)
 
+@pytest.mark.parametrize("alignment", ["cosine", "general", "biased_general", "activated_general", "additive"])
+@pytest.mark.parametrize("mode", ["rcr", "rar", "rcar"])
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_pluggable_alignment_matches_per_caption_reference(alignment, mode, direction):
+    """Any alignment function scores the channel-weighted query against the context; the
+    vectorised pairs (broadcast over images x captions, in chunks) equal the per-caption loop that
+    calls the alignment's own batched forward on each pair."""
+    torch.manual_seed(3)
+    ims, caps, lengths = _data()
+    model = RCARSimilarity(16, 8, mode=mode, steps=2, direction=direction, alignment=alignment).double().eval()
+    with torch.no_grad():
+        for p in model.attn.alignment.parameters():  # away from the defaults' symmetric init
+            p.add_(0.1 * torch.randn_like(p))
+        ref = rcar_reference(model, ims, caps, lengths, mode=mode, steps=2, direction=direction,
+                             smooth0=model.smooth, align=model.attn.alignment)
+        S = model(ims, caps, lengths)
+        model.chunk_size = (3, 2)
+        S_chunked = model(ims, caps, lengths)
+    assert model.attn.alignment_name == alignment
+    assert torch.allclose(S, ref, rtol=0, atol=1e-9)
+    assert torch.allclose(S_chunked, S, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["rcr", "rar", "rcar"])
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_general_with_identity_weight_equals_dot(mode, direction):
+    torch.manual_seed(4)
+    ims, caps, lengths = _data()
+    dot = RCARSimilarity(16, 8, mode=mode, steps=2, direction=direction).double().eval()
+    general = RCARSimilarity(16, 8, mode=mode, steps=2, direction=direction, alignment="general",
+                             alignment_options={"init": "identity"}).double().eval()
+    missing = general.load_state_dict(dot.state_dict(), strict=False)
+    assert missing.missing_keys == ["attn.alignment.linear.weight"] and not missing.unexpected_keys
+    with torch.no_grad():
+        assert torch.allclose(general(ims, caps, lengths), dot(ims, caps, lengths), rtol=0, atol=1e-12)
+
+
 def test_attention_captured_and_rows_sum_to_one():
     ims, caps, lengths = _data()
     model = RCARSimilarity(16, 8, mode="rcar", steps=2).double().eval()

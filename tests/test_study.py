@@ -123,6 +123,39 @@ def test_interrupted_study_resumes_without_redoing(tmp_path):
         register_task("fake", FakeTask, overwrite=True)
 
 
+def test_unit_failing_midway_leaves_no_unit_and_stays_out_of_the_report(tmp_path, monkeypatch):
+    """A unit that raises after part of its results is staged publishes nothing: no unit directory,
+    no staging left, the previous report untouched, and a report rebuilt afterwards (``attnlens
+    report OUT``) does not include it."""
+    from attnlens.report import write_report
+    from attnlens.study import units as units_mod
+
+    register_task("fake", FakeTask, overwrite=True)
+    kw = dict(preset="quick", tasks=["fake"], checkpoints=None, progress=False, n_boot=200, n_examples=8)
+    run_study(tmp_path, alignments=["dot"], **kw)
+    before = {n: (tmp_path / n).read_bytes() for n in ("metrics.csv", "metrics_long.csv", "report.md", "report.html")}
+    real, staged = units_mod.save_examples, []
+
+    def failing(directory, examples):
+        if directory.parent.name == "general":
+            staged.append(sorted(p.name for p in directory.iterdir()))
+            raise RuntimeError("injected mid-unit failure")
+        return real(directory, examples)
+
+    monkeypatch.setattr(units_mod, "save_examples", failing)
+    with pytest.raises(RuntimeError, match="mid-unit"):
+        run_study(tmp_path, alignments=["dot", "general"], **kw)
+    assert staged == [["curves.csv", "long.csv"]]  # it failed mid-way, with results already staged
+    assert list((tmp_path / "units/fake/general").iterdir()) == []
+    _no_partial_files(tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    write_report(tmp_path)
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "| dot |" in md and "| general" not in md
+    assert '<td class="name">dot' in page and '<td class="name">general' not in page
+    assert "general" not in set(pd.read_csv(tmp_path / "metrics.csv")["alignment"])
+
+
 def test_shipped_checkpoint_is_used(tmp_path):
     register_task("fake", FakeTask, overwrite=True)
     ck = tmp_path / "ck"
@@ -149,6 +182,17 @@ def test_shipped_checkpoint_of_another_config_is_not_used(tmp_path):
     assert rec["trained"] is True
     assert rec["skipped_checkpoint"]["differing_keys"] == ["n_eval"]
     assert len(FakeTask.calls["train"]) == n_train + 2
+
+
+def test_one_seed_report_says_seed_spread_not_measured(study):
+    m = study.metrics
+    ranked = m[~m["alignment"].str.startswith("baseline:")]
+    assert (ranked["n_seeds"] == 1).all() and ranked["seed_sd"].isna().all()
+    assert ranked["within_seed_noise"].isna().all()
+    for name in ("report.md", "report.html"):
+        text = (study.out / name).read_text()
+        assert "Seed spread not measured" in text and "--seeds 3" in text
+        assert "within seed noise of the best" not in text
 
 
 def test_config_validation():

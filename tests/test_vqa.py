@@ -182,3 +182,22 @@ def test_load_rejects_another_task(trained, tmp_path):
     task, _, d = trained
     with pytest.raises(UnknownNameError, match="vqa"):
         GenerationTask().load(d)
+
+
+def test_capture_command_reads_the_data_the_checkpoint_was_trained_on(tmp_path):
+    """`attnlens capture` on an easy-VQA checkpoint captures easy-VQA questions, not scenes
+    (the run's config.json says which data; the preset only fills what it lacks)."""
+    import json
+
+    from attnlens.cli import main
+
+    pytest.importorskip("easy_vqa")
+    task = VQATask()
+    run = tmp_path / "run"
+    task.train(alignment="dot", seed=0, out_dir=run, progress=False,
+               config={**TINY, "dataset": "easy_vqa", "easy_n_train": 40, "easy_n_test": 60, "grid": (2, 2),
+                       "width": 4})
+    out = tmp_path / "maps"
+    assert main(["capture", "--task", "vqa", "--checkpoint", str(run), "--n", "2", "--out", str(out), "--quiet"]) == 0
+    ids = [e["example_id"] for e in json.loads((out / "examples.json").read_text())]
+    assert len(ids) == 2 and all(i.startswith("easy_vqa-test-") for i in ids), ids

@@ -1,10 +1,11 @@
 """Captions and questions of the built-in scenes, from a small grammar.
 
-Noun phrases name an object by colour and shape (unique in a scene), sometimes with its size
-("a small red circle"); a shape alone ("a star") only when no other object has that shape.
-Captions are one noun phrase, two joined by "and", or two joined by a spatial relation
-("a red circle left of a blue square"); every noun phrase is a :class:`Phrase` linked to its
-object's box. Questions have exactly one answer in their scene and list the objects the answer
+Noun phrases name an object by colour and shape (unique in a scene), with its size at rate
+``size_rate`` ("a small red circle"); a shape alone ("a star") only when no other object has that
+shape. A caption names one object (rare: ``single_rate``), two, or three (``triple_rate``) distinct
+objects; the first two are joined by a spatial relation (``relation_rate``, "a red circle left of
+a blue square") or by "and", a third always by "and". Every noun phrase is a :class:`Phrase` linked
+to its object's box. Questions have exactly one answer in their scene and list the objects the answer
 depends on.
 """
 from __future__ import annotations
@@ -42,6 +43,16 @@ def relation(a: SceneObject, b: SceneObject) -> tuple[str, ...]:
     return ("above",) if dy < 0 else ("below",)
 
 
+def caption_size(rng, n_objects: int, cfg: SceneConfig) -> int:
+    """How many objects (1-3) a caption of a scene with ``n_objects`` names."""
+    u = rng.random()
+    if n_objects == 1 or u < cfg.single_rate:
+        return 1
+    if n_objects >= 3 and u >= 1.0 - cfg.triple_rate:
+        return 3
+    return 2
+
+
 def make_caption(rng, image_id: str, objects, cfg: SceneConfig, image_size,
                  shape_counts: Counter | None = None, phrase_cache: dict | None = None) -> GroundedCaption:
     """One grounded caption of a scene (``phrase_cache`` shares equal, immutable phrases between captions)."""
@@ -49,14 +60,14 @@ def make_caption(rng, image_id: str, objects, cfg: SceneConfig, image_size,
         shape_counts = Counter(o.shape for o in objects)
     if phrase_cache is None:
         phrase_cache = {}
-    parts: list = []
-    first = _pick(rng, objects)
-    if len(objects) >= 2 and rng.random() < 0.75:
-        second = _pick(rng, [o for o in objects if o is not first])
-        link = relation(first, second) if rng.random() < cfg.relation_rate / 0.75 else ("and",)
-        parts = [first, link, second]
+    named = [objects[i] for i in rng.permutation(len(objects))[:caption_size(rng, len(objects), cfg)]]
+    if len(named) == 1:
+        parts: list = [("there", "is") if rng.random() < 0.3 else (), named[0]]
     else:
-        parts = [("there", "is") if rng.random() < 0.3 else (), first]
+        link = relation(named[0], named[1]) if rng.random() < cfg.relation_rate else ("and",)
+        parts = [named[0], link, named[1]]
+        if len(named) == 3:
+            parts += [("and",), named[2]]
     tokens: list[str] = []
     phrases = []
     for part in parts:

@@ -125,7 +125,14 @@ class SceneConfig:
         occlusion: allow objects to overlap (later ones partly cover earlier ones).
         noise: amplitude of the background's grey-level noise (0 for a flat background).
         size_rate: probability that a noun phrase names the object's size.
-        relation_rate: probability that a caption relates two objects ("left of", "above" ...).
+        relation_rate: probability that a caption naming two or more objects relates the first
+            two by a spatial relation ("left of", "above" ...) rather than "and".
+        single_rate: probability that a caption names one object only ("there is a red circle";
+            always when the scene has one object). Such captions fit many images, so they are rare
+            by default: captions should identify their image, as COCO's do.
+        triple_rate: probability that a caption of a scene with three or more objects names
+            three ("a small red circle left of a large blue square and a small green star");
+            the rest name two.
         distractor_rate: probability that each further object shares the colour or the shape of
             an object already in the scene (so that binding colour to shape matters).
     """
@@ -138,8 +145,10 @@ class SceneConfig:
     questions_per_image: int = 4
     occlusion: bool = False
     noise: int = 4
-    size_rate: float = 0.5
-    relation_rate: float = 0.5
+    size_rate: float = 1.0
+    relation_rate: float = 1.0
+    single_rate: float = 0.05
+    triple_rate: float = 0.5
     distractor_rate: float = 0.8
 
     def __post_init__(self):
@@ -155,9 +164,11 @@ class SceneConfig:
             raise ShapeError("captions_per_image must be >= 1 and questions_per_image >= 0")
         if not 0 <= int(self.noise) <= 40:
             raise ShapeError(f"noise must lie in [0, 40], got {self.noise}")
-        for name in ("size_rate", "relation_rate", "distractor_rate"):
+        for name in ("size_rate", "relation_rate", "single_rate", "triple_rate", "distractor_rate"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ShapeError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if float(self.single_rate) + float(self.triple_rate) > 1.0:
+            raise ShapeError(f"single_rate + triple_rate must be <= 1, got {self.single_rate} + {self.triple_rate}")
 
     @classmethod
     def from_options(cls, config: "SceneConfig | None" = None, **options) -> "SceneConfig":

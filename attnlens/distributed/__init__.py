@@ -3,17 +3,22 @@
 * :func:`sharded_similarity` scores a gallery in image x caption blocks, in this process, a
   local process pool or Ray, and assembles the same ``[Ni, Nc]`` matrix, bit for bit, as one
   :class:`~attnlens.models.scan.ScanSimilarity` call (see :mod:`attnlens.distributed.allpairs`).
-* :mod:`attnlens.distributed.ddp`: process-group set-up from the ``torchrun`` environment, batch
-  sharding and gradient averaging used by :func:`attnlens.train.fit` when launched by
+* :mod:`attnlens.distributed.ddp`: process-group set-up from the ``torchrun`` environment
+  (:func:`backend_for`: gloo on CPU, nccl on CUDA), batch sharding and the
+  ``DistributedDataParallel`` wrapper used by :func:`attnlens.train.fit` when launched by
   ``torchrun`` (see that module for where results differ from single-process training).
 
-Neither imports Ray unless ``executor="ray"`` is asked for.
+* :func:`attnlens.distributed.dataset.capture_dataset` captures a whole split and its
+  per-example metric rows in shards of example indices (here, a process pool or Ray tasks),
+  resumable shard by shard, and merges them into the files of one unsharded pass, byte for byte.
+
+None imports Ray unless ``executor="ray"`` / ``engine="ray"`` is asked for.
 """
 from __future__ import annotations
 
 from .allpairs import block_grid, sharded_similarity
-from .ddp import (DistributedError, average_gradients, dist_context, init_from_env, is_main_process,
-                  shard_batch, state_hash)
+from .ddp import (DistributedError, backend_for, dist_context, init_from_env, is_main_process, shard_batch,
+                  state_hash)
 
-__all__ = ["DistributedError", "average_gradients", "block_grid", "dist_context", "init_from_env",
-           "is_main_process", "shard_batch", "sharded_similarity", "state_hash"]
+__all__ = ["DistributedError", "backend_for", "block_grid", "dist_context", "init_from_env", "is_main_process",
+           "shard_batch", "sharded_similarity", "state_hash"]

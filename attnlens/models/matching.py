@@ -25,20 +25,13 @@ RCAR_MODES = ("coop_rcar", "only_rcr", "only_rar", "rcar", "rcr", "rar")
 
 def _build_rcar(rcar: dict, *, embed_dim: int, direction: str, alignment: str,
                 alignment_options: dict) -> nn.Module:
-    import inspect
-
     from .rcar import RCARSimilarity  # imported lazily: only SCAN+RCAR models need it
 
     opts = dict(rcar)
     mode = opts.pop("mode", "coop_rcar")
     if mode not in RCAR_MODES:
         raise UnknownNameError("RCAR mode", mode, RCAR_MODES)
-    params = inspect.signature(RCARSimilarity).parameters
-    if "alignment" in params:
-        opts["alignment"] = alignment
-        opts.update(alignment_options)
-    elif alignment != "dot":
-        raise UnknownNameError("alignment of this RCAR module", alignment, ["dot"])
+    opts["alignment"], opts["alignment_options"] = alignment, dict(alignment_options)
     opts.setdefault("sim_dim", max(8, embed_dim // 4))
     return RCARSimilarity(embed_dim, mode=mode, direction=direction, **opts)
 

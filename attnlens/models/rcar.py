@@ -6,8 +6,10 @@ Axes: ``images [Ni, R, d]``, ``captions [Nc, L, d]``, ``lengths [Nc]``; pair ten
 ``S [Ni, Nc]``.
 
 Per pair and query fragment, the cross attention uses channel weights ``e`` (``query_scale``)
-and a temperature ``lambda`` (per query fragment): ``s = LeakyReLU(0.1)(context . (q * e))``,
-l2norm over the query fragments, softmax over the context fragments of ``lambda * s``,
+and a temperature ``lambda`` (per query fragment): ``s = LeakyReLU(0.1)(align(q * e, context))``
+(``align`` is the dot product in the paper and the default here; any alignment function of
+:mod:`attnlens.align` can take its place, scoring the channel-weighted query against the
+context), l2norm over the query fragments, softmax over the context fragments of ``lambda * s``,
 ``c = l2norm(sum alpha * context)``. It runs through :meth:`CrossAttention.weigh` (so the
 capture layer records it, dims ``("image", "caption", query, key)``; the module's
 ``CrossAttention`` is configured with the same semantics -- ``query_scale`` = e, per-query
@@ -120,6 +122,8 @@ class RCARSimilarity(nn.Module):
     Args:
         embed_dim: d (1024 in the paper). sim_dim: m (256).
         smooth: initial temperature lambda_0 (default 10 for t2i, 3 for i2t).
+        alignment: the cross attention's alignment function (a name of :mod:`attnlens.align` or a
+            module; ``"dot"``: the paper's), with ``alignment_options`` for a name.
         chunk_size: ``(images, captions)`` per chunk, or None for ``max_chunk_bytes``.
 
     >>> model = RCARSimilarity(16, 8, mode="rcar", steps=2).eval()
@@ -128,8 +132,8 @@ class RCARSimilarity(nn.Module):
     """
 
     def __init__(self, embed_dim: int = 1024, sim_dim: int = 256, *, mode: str = "rcar", steps: int = 2,
-                 direction: str = "t2i", smooth: float | None = None,
-                 chunk_size: int | tuple[int, int] | None = None, max_chunk_bytes: int = 128 * 2**20):
+                 direction: str = "t2i", smooth: float | None = None, alignment: str | nn.Module = "dot",
+                 alignment_options: dict | None = None, chunk_size: int | tuple[int, int] | None = None, max_chunk_bytes: int = 128 * 2**20):
         super().__init__()
         if mode not in MODES:
             raise UnknownNameError("RCAR mode", mode, MODES)
@@ -153,8 +157,8 @@ class RCARSimilarity(nn.Module):
                     lin.bias.zero_()
         t2i = direction == "t2i"
         self.smooth = float(SMOOTH[direction] if smooth is None else smooth)
-        self.attn = CrossAttention("dot", embed_dim, norm="clipped_l2norm", temperature=self.smooth,
-                                   normalize_context=True, direction=direction,
+        self.attn = CrossAttention(alignment, embed_dim, norm="clipped_l2norm", temperature=self.smooth,
+                                   normalize_context=True, direction=direction, **dict(alignment_options or {}),
                                    query_dim="word" if t2i else "region", key_dim="region" if t2i else "word",
                                    query_modality="text" if t2i else "image",
                                    key_modality="image" if t2i else "text")
@@ -205,13 +209,18 @@ class RCARSimilarity(nn.Module):
         qm4 = None if qmask is None else qmask[..., None]
         meta = {"image_offset": i0, "caption_offset": c0}
 
+        align = self.attn.alignment
+        plain_dot = is_plain_dot(align)
+
         def attend(e, lam):
-            if e is None and is_plain_dot(self.attn.alignment):
-                s = self.attn.alignment.pairwise(E, V).permute(1, 0, 2, 3) if t2i else \
-                    self.attn.alignment.pairwise(V, E)
-            else:
-                q = query if e is None else query * e
+            if e is None and plain_dot:
+                s = align.pairwise(E, V).permute(1, 0, 2, 3) if t2i else align.pairwise(V, E)
+            elif plain_dot:
+                q = query * e
                 s = torch.einsum("icld,ird->iclr", q, V) if t2i else torch.einsum("icrd,cld->icrl", q, E)
+            else:  # broadcast over the pair axes: [1 | ni, nc, Lq, d] against [ni, 1, Lk, d] or [1, nc, Lk, d]
+                q = query if e is None else query * e
+                s = align.score(q, V[:, None]) if t2i else align.score(q, E[None])
             a = self.attn.weigh(s, query_mask=qm4, key_mask=kmask, temperature=lam, dims=self.dims, meta=meta)
             c = torch.einsum("iclr,ird->icld", a, V) if t2i else torch.einsum("icrl,cld->icrd", a, E)
             return masked_l2norm(c, qmask)  # padded queries: 0, finite gradient

@@ -5,12 +5,18 @@ Inputs are plain data, so a report can be rebuilt from disk without rerunning an
 * ``metrics``: the summary table (``metrics.csv``), one row per task x alignment x metric with at
   least the columns ``task, alignment, metric, mean``; optional ``category, ci_low, ci_high, n,
   n_excluded, higher_is_better, is_best, significant, p_holm, effect_size, equivalent_group,
-  equivalent_to_best``.
+  equivalent_to_best`` and the between-seed columns ``n_seeds, seed_sd, seed_min, seed_max,
+  within_seed_noise`` (:mod:`attnlens.study.analysis`).
 * :class:`ReportInput`: figures (paths relative to the output directory, embedded in the HTML as
   base64 PNG), equivalence statements per task, links to the interactive explorers, provenance.
 
 Everything that reaches HTML (captions, names, tokens, file names, provenance values) goes
 through :func:`html.escape`; the page has no script and loads nothing from the network.
+
+Seeds: with two or more training seeds per alignment function, every cell also shows the range of
+the per-seed means and their standard deviation, and ``~`` marks a difference from the best that
+lies within seed noise (per-seed ranges overlap); with one seed the report says that the seed
+spread was not measured (:func:`seed_note`).
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ from ..errors import FormatError
 from ..io import write_text
 
 __all__ = ["ReportFigure", "ReportInput", "render_html", "render_markdown", "write_report", "load_report_input",
-           "format_cell", "metric_table", "ranking_table", "REQUIRED_COLUMNS"]
+           "format_cell", "format_seed_spread", "seed_counts", "seed_note", "metric_table", "ranking_table",
+           "REQUIRED_COLUMNS"]
 
 REQUIRED_COLUMNS = ("task", "alignment", "metric", "mean")
 CATEGORY_ORDER = ("task", "grounding", "baseline", "faithfulness", "agreement")
@@ -158,6 +165,66 @@ def _mark(row: Mapping[str, Any]) -> str:
     return ""
 
 
+def _n_seeds(row: Mapping[str, Any]) -> int:
+    n = row.get("n_seeds")
+    return int(float(n)) if _finite(n) else 0
+
+
+def format_seed_spread(row: Mapping[str, Any], digits: int = 3) -> str:
+    """``"seeds min–max, sd s"`` of a row measured on two or more seeds, else ``""`` (plain text).
+
+    >>> format_seed_spread({"n_seeds": 2, "seed_sd": 0.14142, "seed_min": 0.4, "seed_max": 0.6})
+    'seeds 0.400–0.600, sd 0.141'
+    >>> format_seed_spread({"n_seeds": 1, "seed_sd": float("nan"), "seed_min": 0.4, "seed_max": 0.4})
+    ''
+    """
+    if _n_seeds(row) < 2 or not (_finite(row.get("seed_min")) and _finite(row.get("seed_max"))):
+        return ""
+    text = f"seeds {float(row['seed_min']):.{digits}f}–{float(row['seed_max']):.{digits}f}"
+    if _finite(row.get("seed_sd")):
+        text += f", sd {float(row['seed_sd']):.{digits}f}"
+    return text
+
+
+def seed_counts(metrics: pd.DataFrame) -> list[int] | None:
+    """The distinct numbers of training seeds behind the (non-baseline) rows (from the ``seeds``
+    list, else from ``n_seeds``), or ``None`` when the table has no between-seed columns.
+
+    >>> seed_counts(pd.DataFrame({"alignment": ["dot", "add"], "seeds": ["0,1", "0,1"], "n_seeds": [2, 0]}))
+    [2]
+    """
+    m = metrics[~metrics["alignment"].astype(str).str.startswith("baseline:")]
+    if "n_seeds" not in m.columns:  # a table from before the seed columns: nothing was measured
+        return None
+    listed = [len([x for x in str(v).split(",") if x.strip()]) for v in m["seeds"].dropna()] if "seeds" in m else []
+    vals = [v for v in listed if v] or [int(v) for v in pd.to_numeric(m["n_seeds"], errors="coerce").dropna() if v > 0]
+    return sorted(set(vals)) or None
+
+
+def seed_note(metrics: pd.DataFrame) -> tuple[str, bool]:
+    """The report's sentence on the between-seed spread and whether it was measured.
+
+    >>> seed_note(pd.DataFrame({"alignment": ["dot"], "n_seeds": [1]}))[1]
+    False
+    """
+    counts = seed_counts(metrics)
+    if counts and max(counts) >= 2:
+        k = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        return (f"Seed spread ({k} training seeds per alignment function): each cell also shows the range of "
+                "the per-seed means and their standard deviation (ddof=1). ~ = within seed noise: the per-seed "
+                "ranges of this function and the best one overlap, so some seed of this function scores at least "
+                "as well as some seed of the best; such a difference, even when marked *, is no larger than "
+                "retraining the same function with another seed (Wiegreffe & Pinter 2019) and is not established. "
+                "Without ~, every seed of the best beats every seed of this function; if the two functions did not "
+                "differ, that would happen by chance with probability 1/3 with 2 seeds each, 1/10 with 3, 1/35 "
+                "with 4.", True)
+    why = ("every alignment function was trained with one seed" if counts else
+           "this metrics table carries no per-seed columns")
+    return (f"Seed spread not measured: {why}, so the tables cannot tell a difference between alignment "
+            "functions from a difference between training runs of the same function (Wiegreffe & Pinter 2019); "
+            "* is significance over the examples only. Rerun with --seeds 3 (or more) to measure it.", False)
+
+
 def metric_table(metrics: pd.DataFrame, task: str, category: str | None = None) -> pd.DataFrame:
     """The alignment x metric table of one task (cells are row dicts of the summary).
 
@@ -177,23 +244,27 @@ def metric_table(metrics: pd.DataFrame, task: str, category: str | None = None) 
 
 
 def ranking_table(metrics: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per alignment: mean rank over the task's ranked metrics, #best, #not significantly worse.
+    """Per alignment: mean rank over the task's ranked metrics, #best, #not significantly worse,
+    #metrics whose difference from the best is within seed noise (0 with one seed).
 
     Only rows with a known ``higher_is_better`` and a ``rank`` take part (task-performance and
     baseline rows are ranked too when the study ranked them).
     """
     m = _check(metrics)
     m = m[(m["task"].astype(str) == str(task))]
+    cols = ["alignment", "mean_rank", "n_best", "n_not_worse", "n_within_seed_noise", "n_metrics"]
     if "rank" not in m.columns:
-        return pd.DataFrame(columns=["alignment", "mean_rank", "n_best", "n_not_worse", "n_metrics"])
+        return pd.DataFrame(columns=cols)
     m = m[m["rank"].map(_finite)]
     rows = []
     for a, g in m.groupby(m["alignment"].astype(str), sort=False):
-        marks = [_mark(r) for r in g.to_dict("records")]
+        recs = g.to_dict("records")
+        marks = [_mark(r) for r in recs]
         rows.append({"alignment": a, "mean_rank": float(g["rank"].astype(float).mean()),
                      "n_best": sum(k == "best" for k in marks),
-                     "n_not_worse": sum(k != "sig" for k in marks), "n_metrics": len(g)})
-    out = pd.DataFrame(rows, columns=["alignment", "mean_rank", "n_best", "n_not_worse", "n_metrics"])
+                     "n_not_worse": sum(k != "sig" for k in marks),
+                     "n_within_seed_noise": sum(_truthy(r.get("within_seed_noise")) for r in recs), "n_metrics": len(g)})
+    out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["mean_rank", "alignment"]).reset_index(drop=True)
 
 
@@ -256,6 +327,10 @@ def _html_table(metrics: pd.DataFrame, task: str, category: str) -> str:
             mark = _mark(rec)
             text = _e(format_cell(rec))
             sym = {"best": " ▲", "equiv": " ≡", "sig": " *"}.get(mark, "")
+            noise = _truthy(rec.get("within_seed_noise"))
+            if noise:
+                sym += " ~"
+            spread = format_seed_spread(rec)
             n = rec.get("n")
             extra = []
             if _finite(n):
@@ -266,8 +341,14 @@ def _html_table(metrics: pd.DataFrame, task: str, category: str) -> str:
                 extra.append(f"p_holm={float(rec['p_holm']):.3g}")
             if _finite(rec.get("effect_size")):
                 extra.append(f"effect={float(rec['effect_size']):.3g}")
+            if _finite(rec.get("diff_vs_best")):
+                extra.append(f"diff vs best={float(rec['diff_vs_best']):.3g}")
+            if _n_seeds(rec) >= 2:
+                extra.append(f"n_seeds={_n_seeds(rec)}")
             title = f' title="{_e(", ".join(extra))}"' if extra else ""
-            cells.append(f'<td class="{mark}"{title}>{text}{_e(sym)}</td>')
+            cls = " ".join(c for c in (mark, "noise" if noise else "") if c)
+            small = f'<small class="seed">{_e(spread)}</small>' if spread else ""
+            cells.append(f'<td class="{cls}"{title}>{text}{_e(sym)}{small}</td>')
         eqg = ""
         sub = metrics[(metrics["task"].astype(str) == task) & (metrics["alignment"].astype(str) == align)]
         if "equivalent_group" in sub.columns and len(sub):
@@ -302,6 +383,8 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
                  'comparisons with the best, '
                  'p &lt; 0.05); ≡ mathematically equivalent to the best under the model\'s normalisation '
                  '(a difference would be noise). Hover a cell for n, exclusions, p and effect size.</p>')
+    note, measured = seed_note(metrics)
+    parts.append(f'<p class="{"legend" if measured else "note warn"}">{_e(note)}</p>')
     for task in _tasks(metrics):
         parts.append(f'<h2 id="task-{_e(quote(task))}">Task: {_e(task)}</h2>')
         for line in _equivalence_lines(inp.equivalences.get(task)):
@@ -309,11 +392,13 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
         ranking = ranking_table(metrics, task)
         if len(ranking):
             parts.append("<h3>Ranking summary</h3>")
+            noise = (lambda r: f"<td>{r.n_within_seed_noise}/{r.n_metrics}</td>") if measured else (lambda r: "")
             rows = "".join(f'<tr><td class="name">{_e(r.alignment)}</td><td>{r.mean_rank:.2f}</td>'
-                           f'<td>{r.n_best}</td><td>{r.n_not_worse}/{r.n_metrics}</td></tr>'
+                           f'<td>{r.n_best}</td><td>{r.n_not_worse}/{r.n_metrics}</td>{noise(r)}</tr>'
                            for r in ranking.itertuples())
+            head = "<th>#within seed noise of the best</th>" if measured else ""
             parts.append('<table><thead><tr><th class="name">alignment</th><th>mean rank</th><th>#best</th>'
-                         f'<th>#not significantly worse</th></tr></thead><tbody>{rows}</tbody></table>')
+                         f'<th>#not significantly worse</th>{head}</tr></thead><tbody>{rows}</tbody></table>')
         for cat in _categories(metrics, task):
             parts.append(f"<h3>{_e(cat.capitalize())}</h3>")
             parts.append(_html_table(metrics, task, cat))
@@ -369,15 +454,19 @@ def render_markdown(metrics: pd.DataFrame, inp: ReportInput) -> str:
     out += [_md(s) for s in inp.summary] + ([""] if inp.summary else [])
     out += ["Cells: mean [95% bootstrap CI]. **bold** ▲ = best; * = significantly different from the best "
             "(Wilcoxon, Holm-corrected p < 0.05); ≡ = mathematically equivalent to the best.", ""]
+    note, measured = seed_note(metrics)
+    out += [_md(note) if measured else f"> {_md(note)}", ""]
     for task in _tasks(metrics):
         out += [f"## Task: {_md(task)}", ""]
         for line in _equivalence_lines(inp.equivalences.get(task)):
             out += [f"> {_md(line)}", ""]
         ranking = ranking_table(metrics, task)
         if len(ranking):
-            out += ["### Ranking summary", "", "| alignment | mean rank | #best | #not significantly worse |",
-                    "|---|---|---|---|"]
+            extra = " #within seed noise of the best |" if measured else ""
+            out += ["### Ranking summary", "", "| alignment | mean rank | #best | #not significantly worse |" + extra,
+                    "|---|---|---|---|" + ("---|" if measured else "")]
             out += [f"| {_md(r.alignment)} | {r.mean_rank:.2f} | {r.n_best} | {r.n_not_worse}/{r.n_metrics} |"
+                    + (f" {r.n_within_seed_noise}/{r.n_metrics} |" if measured else "")
                     for r in ranking.itertuples()]
             out.append("")
         for cat in _categories(metrics, task):
@@ -392,7 +481,11 @@ def render_markdown(metrics: pd.DataFrame, inp: ReportInput) -> str:
                         cells.append("–")
                         continue
                     text, mark = format_cell(rec), _mark(rec)
-                    cells.append({"best": f"**{text}** ▲", "equiv": f"{text} ≡", "sig": f"{text} *"}.get(mark, text))
+                    text = {"best": f"**{text}** ▲", "equiv": f"{text} ≡", "sig": f"{text} *"}.get(mark, text)
+                    if _truthy(rec.get("within_seed_noise")):
+                        text += " ~"
+                    spread = format_seed_spread(rec)
+                    cells.append(f"{text} · {spread}" if spread else text)
                 group = next((r.get("equivalent_group") for r in row.tolist() if isinstance(r, dict)
                               and isinstance(r.get("equivalent_group"), str) and r.get("equivalent_group")), "")
                 name = _md(align) + (f" (≡ {_md(group)})" if group else "")

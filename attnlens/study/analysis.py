@@ -10,6 +10,29 @@ a paired-bootstrap CI of the difference (alignment minus best); the full all-pai
 call away (:func:`attnlens.metrics.stats.compare_methods` on ``metrics_long.csv``). An alignment that is mathematically
 equivalent to the best (:func:`attnlens.align.equivalent_groups`) is flagged ``equivalent_to_best``
 and never marked as significantly different: a difference between equivalent functions is noise.
+
+Seeds. The bootstrap CI and the tests above pool the examples of every training seed, so they
+measure how much a metric moves between *examples*, not between *training runs*. Following
+Wiegreffe & Pinter (EMNLP 2019), the variation across training seeds is the yardstick for a
+difference between alignment functions, so every row also carries its between-seed spread: the
+per-seed means (the mean of the finite per-example values of one seed; :func:`seed_table`, saved as
+``metrics_seeds.csv``), ``n_seeds`` (seeds with a finite mean), ``seed_sd`` (their sample standard
+deviation, ``ddof=1``: seeds 0.4 and 0.6 give 0.1414; NaN with fewer than 2 seeds) and
+``seed_min`` / ``seed_max``. Task-performance rows have one value per seed, so their per-seed
+"means" are those values.
+
+``within_seed_noise`` compares each alignment with the best one of its metric (the rule): it is
+True when their per-seed ranges ``[seed_min, seed_max]`` overlap (closed intervals), i.e. some seed
+of this alignment scores at least as well as some seed of the best one, so a study with one seed
+per function could have tied or reversed the two. False means complete separation (every seed of
+the best beats every seed of this one); if the two functions did not differ (exchangeable seeds),
+that happens by chance with probability ``2 / C(k1 + k2, k1)`` for ``k1``, ``k2`` seeds (the exact
+two-sided Mann-Whitney p at U = 0): 1/3 for 2 + 2 seeds, 1/10 for 3 + 3, 1/35 for 4 + 4, so with two
+seeds a separation is weak evidence and three or more are advised. The rule needs no distributional
+assumption and no direction (it is symmetric). It is NaN (not measured) for the best row and its
+exact ties, for baselines, and when either side has fewer than 2 seeds with a finite mean. A
+difference that is ``significant`` over the pooled examples but ``within_seed_noise`` is not an
+established difference between the functions: retraining the same function moves it as much.
 """
 from __future__ import annotations
 
@@ -20,13 +43,18 @@ import pandas as pd
 
 from .. import align as _align
 
-__all__ = ["summarize", "task_rows", "equivalences", "unit_metrics", "combine_units", "SUMMARY_COLUMNS",
-           "LOWER_IS_BETTER"]
+__all__ = ["summarize", "seed_table", "seed_spread", "ranges_overlap", "task_rows", "equivalences", "unit_metrics",
+           "combine_units", "SUMMARY_COLUMNS", "SEED_COLUMNS", "SEED_TABLE_COLUMNS", "LOWER_IS_BETTER"]
 
 SUMMARY_COLUMNS = ["task", "alignment", "metric", "category", "subset", "mean", "ci_low", "ci_high", "n",
                    "n_excluded", "excluded_reasons", "higher_is_better", "rank", "is_best", "diff_vs_best",
                    "diff_ci_low", "diff_ci_high", "p_vs_best", "p_holm", "effect_size", "significant",
-                   "equivalent_group", "equivalent_to_best", "seeds"]
+                   "equivalent_group", "equivalent_to_best", "seeds", "n_seeds", "seed_sd", "seed_min", "seed_max",
+                   "within_seed_noise"]
+#: The between-seed columns of the summary (see the module docstring).
+SEED_COLUMNS = ["n_seeds", "seed_sd", "seed_min", "seed_max", "within_seed_noise"]
+#: Columns of :func:`seed_table` (``metrics_seeds.csv``): one row per task x alignment x metric x subset x seed.
+SEED_TABLE_COLUMNS = ["task", "alignment", "metric", "category", "subset", "seed", "mean", "n", "n_excluded"]
 
 #: Metric names (or name fragments) for which lower values are better, when the rows do not say.
 LOWER_IS_BETTER = ("deletion_auc_morf", "deletion_auc_random", "sufficiency", "loss", "error", "fid", "medr",
@@ -68,6 +96,88 @@ def _reasons(g: pd.DataFrame) -> str:
     return "; ".join(f"{k}: {v}" for k, v in bad.value_counts().sort_index().items())
 
 
+def _prepare(long: pd.DataFrame) -> pd.DataFrame:
+    """Default ``category``/``subset``/``reason``/``seed`` columns; per-subset rows plus the overall ones."""
+    long = long.copy()
+    for col, default in (("category", "metric"), ("subset", "all"), ("reason", "")):
+        if col not in long.columns:
+            long[col] = default
+        long[col] = long[col].fillna(default)
+    if "seed" not in long.columns:
+        long["seed"] = 0
+    long["subset"] = long["subset"].astype(str)
+    if (long["subset"] != "all").any():  # per-subset rows plus the overall ones
+        long = pd.concat([long.assign(subset="all"), long[long["subset"] != "all"]], ignore_index=True)
+    return long
+
+
+def _seed_table(long: pd.DataFrame, task_df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`seed_table` of already prepared rows (:func:`_prepare`) and task rows (:func:`task_rows`)."""
+    keys = ["task", "alignment", "metric", "subset", "seed"]
+    parts = []
+    if len(long):
+        v = long["value"].astype(float)
+        frame = long[keys + ["category"]].assign(value=v.where(np.isfinite(v)))
+        parts.append(frame.groupby(keys, sort=False).agg(category=("category", "first"), mean=("value", "mean"),
+                                                         n=("value", "count"), rows=("value", "size")).reset_index())
+    if len(task_df):
+        v = task_df["value"].astype(float)
+        parts.append(task_df.assign(subset="all", mean=v.where(np.isfinite(v)), n=np.isfinite(v).astype(int), rows=1)
+                     [keys + ["category", "mean", "n", "rows"]])
+    if not parts:
+        return pd.DataFrame(columns=SEED_TABLE_COLUMNS)
+    out = pd.concat(parts, ignore_index=True)
+    out["n_excluded"] = (out["rows"] - out["n"]).astype(int)
+    out["n"] = out["n"].astype(int)
+    return out[SEED_TABLE_COLUMNS]
+
+
+def seed_table(long: pd.DataFrame, records: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
+    """Per-seed means: one row per task x alignment x metric x subset x seed (``metrics_seeds.csv``).
+
+    ``mean`` is the mean of the seed's finite per-example values (NaN when it has none), ``n`` their
+    count and ``n_excluded`` the non-finite ones; the task metrics of ``records`` give one value per
+    seed (``subset == "all"``). Columns :data:`SEED_TABLE_COLUMNS`.
+
+    >>> long = pd.DataFrame({"task": "t", "alignment": "dot", "metric": "m", "seed": [0, 0, 1, 1],
+    ...                      "example_id": ["a", "b", "a", "b"], "value": [0.3, 0.5, 0.6, float("nan")]})
+    >>> seed_table(long)[["seed", "mean", "n", "n_excluded"]].to_numpy().tolist()
+    [[0.0, 0.4, 2.0, 0.0], [1.0, 0.6, 1.0, 1.0]]
+    """
+    return _seed_table(_prepare(long), task_rows(records))
+
+
+def seed_spread(seed_means) -> dict[str, float]:
+    """Between-seed spread of per-seed means: ``n_seeds`` (finite ones), ``seed_sd`` (``ddof=1``; NaN
+    below 2 seeds), ``seed_min``, ``seed_max`` (NaN without a finite mean).
+
+    >>> {k: round(v, 4) for k, v in seed_spread([0.4, 0.6]).items()}
+    {'n_seeds': 2, 'seed_sd': 0.1414, 'seed_min': 0.4, 'seed_max': 0.6}
+    """
+    x = np.asarray(seed_means, dtype=float).reshape(-1)
+    x = x[np.isfinite(x)]
+    return {"n_seeds": int(len(x)), "seed_sd": float(np.std(x, ddof=1)) if len(x) > 1 else np.nan,
+            "seed_min": float(x.min()) if len(x) else np.nan, "seed_max": float(x.max()) if len(x) else np.nan}
+
+
+def ranges_overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
+    """The ``within_seed_noise`` rule: do the per-seed ranges ``[seed_min, seed_max]`` of two rows
+    overlap (closed intervals)? ``None`` when either has fewer than 2 seeds with a finite mean.
+
+    >>> ranges_overlap({"n_seeds": 2, "seed_min": 0.4, "seed_max": 0.6}, {"n_seeds": 2, "seed_min": 0.6, "seed_max": 0.7})
+    True
+    >>> ranges_overlap({"n_seeds": 2, "seed_min": 0.4, "seed_max": 0.6}, {"n_seeds": 2, "seed_min": 0.61, "seed_max": 0.7})
+    False
+    """
+    def ok(r):
+        n = r.get("n_seeds")
+        return n is not None and np.isfinite(n) and n >= 2 and np.isfinite(r["seed_min"]) and np.isfinite(r["seed_max"])
+
+    if not (ok(a) and ok(b)):
+        return None
+    return bool(max(a["seed_min"], b["seed_min"]) <= min(a["seed_max"], b["seed_max"]))
+
+
 def summarize(long: pd.DataFrame, records: Sequence[Mapping[str, Any]], *, equivalent: Mapping[str, Mapping[str, str]]
               | None = None, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """The summary table: one row per task x alignment x metric (x subset), columns :data:`SUMMARY_COLUMNS`.
@@ -78,22 +188,26 @@ def summarize(long: pd.DataFrame, records: Sequence[Mapping[str, Any]], *, equiv
         records: the unit records (their ``task_metrics`` become ``category == "task"`` rows).
         equivalent: per task, ``{alignment: group label}`` (:func:`equivalences`).
         n_boot, alpha, seed: bootstrap resamples, significance level, bootstrap seed.
+
+    The between-seed columns (:data:`SEED_COLUMNS`) follow the module docstring: with seeds 0 and
+    1 whose means are 0.4 and 0.6, ``n_seeds == 2``, ``seed_sd == 0.1414`` (``ddof=1``),
+    ``seed_min == 0.4``, ``seed_max == 0.6``.
     """
     from ..metrics.stats import bootstrap_ci
 
     equivalent = equivalent or {}
-    long = long.copy()
-    for col, default in (("category", "metric"), ("subset", "all"), ("reason", "")):
-        if col not in long.columns:
-            long[col] = default
-        long[col] = long[col].fillna(default)
-    long["subset"] = long["subset"].astype(str)
-    if (long["subset"] != "all").any():  # per-subset rows plus the overall ones
-        long = pd.concat([long.assign(subset="all"), long[long["subset"] != "all"]], ignore_index=True)
+    has_seed = "seed" in long.columns
+    long = _prepare(long)
     hib = {}
     if "higher_is_better" in long.columns:
         hib = long.dropna(subset=["higher_is_better"]).groupby("metric")["higher_is_better"].first().to_dict()
     task_df = task_rows(records)
+    per_seed = {k: g["mean"].to_numpy(dtype=float) for k, g in
+                _seed_table(long, task_df).groupby(["task", "metric", "subset", "alignment"], sort=False)}
+
+    def spread(task, metric, subset, a) -> dict:
+        return seed_spread(per_seed.get((task, metric, subset, a), []))
+
     out = []
     for (task, metric, subset), g in long.groupby(["task", "metric", "subset"], sort=False):
         cats = g.loc[~g["alignment"].astype(str).str.startswith("baseline:"), "category"]
@@ -113,7 +227,8 @@ def summarize(long: pd.DataFrame, records: Sequence[Mapping[str, Any]], *, equiv
                        "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(finite)),
                        "n_excluded": int(len(vals) - len(finite)), "excluded_reasons": _reasons(ga),
                        "higher_is_better": up, "equivalent_group": eq.get(a, ""),
-                       "seeds": ",".join(str(s) for s in sorted(ga["seed"].unique())) if "seed" in ga else ""}
+                       "seeds": ",".join(str(s) for s in sorted(ga["seed"].unique())) if has_seed else "",
+                       **spread(task, metric, subset, a)}
         g_att = g[~g["alignment"].astype(str).str.startswith("baseline:")]
         _rank_and_test(rows, g_att, keys, up, eq, alpha, n_boot, seed, ranked=True)
         _rank_and_test(base_rows, None, [], up, {}, alpha, n_boot, seed, None, ranked=False)
@@ -130,7 +245,8 @@ def summarize(long: pd.DataFrame, records: Sequence[Mapping[str, Any]], *, equiv
                        "mean": mean, "ci_low": lo, "ci_high": hi, "n": len(vals), "n_excluded": 0,
                        "excluded_reasons": "", "higher_is_better": up,
                        "equivalent_group": equivalent.get(task, {}).get(a, ""),
-                       "seeds": ",".join(str(s) for s in sorted(ga["seed"].unique()))}
+                       "seeds": ",".join(str(s) for s in sorted(ga["seed"].unique())),
+                       **spread(task, metric, "all", a)}
         _rank_and_test(rows, None, [], up, equivalent.get(task, {}), alpha, n_boot, seed, None, ranked=True)
         out.extend(rows.values())
     df = pd.DataFrame(out)
@@ -145,7 +261,8 @@ def _rank_and_test(rows: dict, g: pd.DataFrame | None, keys: list[str], up: bool
     """Fill rank / is_best / significance fields of one (task, metric) family in place."""
     for r in rows.values():
         r.update(rank=np.nan, is_best=False, diff_vs_best=np.nan, diff_ci_low=np.nan, diff_ci_high=np.nan,
-                 p_vs_best=np.nan, p_holm=np.nan, effect_size=np.nan, significant=False, equivalent_to_best=False)
+                 p_vs_best=np.nan, p_holm=np.nan, effect_size=np.nan, significant=False, equivalent_to_best=False,
+                 within_seed_noise=None)
     if not ranked:
         return
     means = pd.Series({a: r["mean"] for a, r in rows.items()}, dtype=float)
@@ -160,6 +277,9 @@ def _rank_and_test(rows: dict, g: pd.DataFrame | None, keys: list[str], up: bool
     for a, r in rows.items():
         if a != best and eq.get(a) and eq.get(a) == eq.get(best):
             r["equivalent_to_best"] = True
+    for a, r in rows.items():  # the between-seed yardstick (module docstring)
+        if not r["is_best"] and np.isfinite(means[a]) and "n_seeds" in r:
+            r["within_seed_noise"] = ranges_overlap(r, rows[best])
     if g is None or not keys or len(rows) < 2:
         return
     from ..metrics.stats import holm, paired_bootstrap_ci, wilcoxon
@@ -182,19 +302,18 @@ def _rank_and_test(rows: dict, g: pd.DataFrame | None, keys: list[str], up: bool
 
 
 # ----------------------------------------------------------------------------- per-unit metrics
-CURVE_MODES, CURVE_ORDERS = ("deletion", "insertion"), ("morf", "lerf", "random")
-
-
 def unit_metrics(examples, scorer, cfg, *, model=None, task=None, baselines: bool = True
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-example metric rows and mean curves of one unit's examples.
 
     Grounding (with the uniform/centre/random baselines), comprehensiveness/sufficiency and the
     faithfulness correlation come from :class:`attnlens.metrics.MetricSuite`; the deletion/insertion
-    curves from :func:`attnlens.metrics.functional.faithfulness.perturbation_curves` (one batched
-    pass; their AUCs are the rows ``deletion_auc_morf`` ...); agreement with leave-one-out
-    importance (:func:`~attnlens.metrics.functional.faithfulness.leave_one_out`, Kendall tau-b,
-    Spearman, top-3 overlap) when ``cfg.agreement``.
+    curves from :func:`attnlens.metrics.functional.faithfulness.perturbation_curves` (their AUCs
+    are the rows ``deletion_auc_morf`` ...); agreement with leave-one-out importance
+    (:func:`~attnlens.metrics.functional.faithfulness.leave_one_out`, Kendall tau-b, Spearman,
+    top-3 overlap) when ``cfg.agreement``. Each example is scored on its own, with random draws
+    seeded by its id, so its rows do not depend on the other examples (a sharded capture gives the
+    same rows; see :mod:`attnlens.study.example_metrics`); rows come example by example.
 
     ``baselines``: also score the uniform/centre/random maps on the same targets (they do not
     depend on the model, so the study scores them in one unit per task).
@@ -204,61 +323,10 @@ def unit_metrics(examples, scorer, cfg, *, model=None, task=None, baselines: boo
         phrase, category, higher_is_better`` (``method`` is ``"attention"`` or ``"baseline:<name>"``)
         and mean curves ``curve, order, fraction, value``.
     """
-    import torch
+    from .example_metrics import mean_curves, metric_rows
 
-    from ..metrics import MetricSuite
-    from ..metrics.functional import faithfulness as F
-    from ..metrics.functional.agreement import rank_agreement
-    from ..metrics.suite import GROUNDING, HIGHER_IS_BETTER
-
-    examples = list(examples)
-    from ..metrics.functional.baselines import BASELINES
-
-    suite = MetricSuite(GROUNDING, ("comprehensiveness_aopc", "sufficiency_aopc", "faithfulness_correlation"),
-                        steps=cfg.steps, n_subsets=cfg.n_subsets, progress=False,
-                        baselines=BASELINES if baselines else ())
-    df = suite.run({"attention": examples}, {"attention": scorer})
-    df["category"] = np.where(df["method"].str.startswith("baseline:"), "baseline",
-                              np.where(df["metric"].isin(GROUNDING), "grounding", "faithfulness"))
-    extra, curve_rows = [], []
-    imp = torch.stack([ex.region_importance.detach().double().cpu() for ex in examples])
-    valid = torch.stack([torch.as_tensor(np.asarray(ex.region_valid, dtype=bool)) for ex in examples])
-    imp = torch.where(valid, imp, 0.0)
-    curves = F.perturbation_curves(scorer, imp, valid=valid, modes=CURVE_MODES, orders=CURVE_ORDERS,
-                                   steps=cfg.steps, progress=False)
-    for (mode, order), c in curves.items():
-        name = f"{mode}_auc_{order}"
-        for ex, v in zip(examples, c.auc.tolist()):
-            extra.append(_row(ex, name, v, "faithfulness"))
-        mean = c.values.double().nanmean(0).tolist()
-        curve_rows += [{"curve": mode, "order": order, "fraction": float(f), "value": float(v)}
-                       for f, v in zip(c.fractions.tolist(), mean)]
-    # the signal is the gap to the random order (METRICS.md), not a raw AUC: a model whose output
-    # ignores the regions has flat curves, a high raw insertion AUC and a zero gap
-    gaps = {"deletion_gap": ("deletion", "random", "morf"), "insertion_gap": ("insertion", "morf", "random")}
-    for name, (mode, hi, lo) in gaps.items():
-        if (mode, hi) in curves and (mode, lo) in curves:
-            diff = (curves[(mode, hi)].auc - curves[(mode, lo)].auc).tolist()
-            extra += [_row(ex, name, v, "faithfulness") for ex, v in zip(examples, diff)]
-    if cfg.agreement:
-        loo = F.leave_one_out(scorer, valid)
-        for i, ex in enumerate(examples):
-            v = valid[i].numpy()
-            ag = rank_agreement(imp[i].numpy()[v], loo[i].numpy()[v], k=3)
-            for k, val in ag.items():
-                extra.append(_row(ex, f"loo_{k}", val, "agreement"))
-    long = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
-    hib = {**HIGHER_IS_BETTER, "deletion_gap": True, "insertion_gap": True,
-           **{f"loo_{k}": True for k in ("kendall_tau", "spearman", "topk_overlap")}}
-    long["higher_is_better"] = long["metric"].map(hib)
-    return long, pd.DataFrame(curve_rows, columns=["curve", "order", "fraction", "value"])
-
-
-def _row(ex, metric: str, value: float, category: str) -> dict:
-    value = float(value)
-    return {"example_id": ex.example_id, "method": "attention", "metric": metric, "value": value,
-            "reason": "" if np.isfinite(value) else "undefined (constant input or too few elements)",
-            "subset": ex.meta.get("subset", "all"), "target": -1, "phrase": "", "category": category}
+    long, curves = metric_rows(list(examples), scorer, cfg, baselines=baselines)
+    return long, mean_curves(curves)
 
 
 def combine_units(longs: Sequence[pd.DataFrame]) -> pd.DataFrame:

@@ -8,11 +8,12 @@ Each unit (train or load, capture, metrics of one task x alignment x seed) is on
 one CPU (and one GPU with ``device="cuda"``); it runs :func:`attnlens.study.units.run_unit`, which
 writes the unit's directory under ``OUT/units`` through a staging directory moved into place
 only when the unit is complete, so a partial result never lands in the report. A worker that
-dies mid-unit is retried by Ray (``max_retries``); its staging directory is removed by the next
-study run. Finished units are skipped by the caller before submitting, so a rerun does not
-recompute them. The output directory (and ``checkpoints``) must be on a file system that the
-workers share with the driver (a local instance always does); tasks registered at run time in
-the driver are not known to the workers (register them in an imported module).
+dies mid-unit is retried by Ray (``max_retries``); the staging directory it leaves is removed once
+the study's units are finished (and by the next study run). Finished units are skipped by the
+caller before submitting, so a rerun does not recompute them. The output directory (and
+``checkpoints``) must be on a file system that the workers share with the driver (a local instance
+always does); tasks registered at run time in the driver are not known to the workers (register
+them in an imported module).
 
 Per-unit cost and data movement (for planning on a cluster): a unit's inputs are a few hundred
 bytes (unit, study config); its outputs are its unit directory (long.csv, curves.csv,

@@ -2,7 +2,7 @@
 
 Output directory layout::
 
-    OUT/report.html  report.md  metrics.csv  metrics_long.csv  curves.csv
+    OUT/report.html  report.md  metrics.csv  metrics_long.csv  metrics_seeds.csv  curves.csv
     OUT/report_input.json  provenance.json  study_config.json
     OUT/figures/*.png      OUT/explorer/<task>.html
     OUT/units/<task>/<alignment>/seed<k>/   (one finished unit each; see attnlens.study.units;
@@ -25,7 +25,7 @@ import pandas as pd
 from ..errors import UnknownNameError
 from ..io import save_dataframe, write_json
 from ..report import ReportInput, write_report
-from .analysis import combine_units, equivalences, summarize
+from .analysis import combine_units, equivalences, seed_table, summarize
 from .config import StudyConfig, study_config
 from .units import Unit, clean_partials, load_examples, resolve_device, run_unit, unit_done
 
@@ -147,6 +147,7 @@ def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None
         records.append(run_unit(unit, out, config, device=device, checkpoints=checkpoints, progress=progress))
         ran.append(unit.key)
     bar.close()
+    clean_partials(out)  # staging left by attempts that died (a Ray worker killed mid-unit and retried)
     metrics, long = analyse_study(out, config, records, started=started, device=device, progress=progress)
     return StudyResult(out, config, metrics, long, records, ran, reused)
 
@@ -180,6 +181,7 @@ def analyse_study(out: Path, config: StudyConfig, records: list[dict], *, starte
     metrics = summarize(long, records, equivalent=eq, n_boot=config.n_boot, alpha=config.alpha)
     save_dataframe(long, out / "metrics_long.csv")
     save_dataframe(metrics, out / "metrics.csv")
+    save_dataframe(seed_table(long, records), out / "metrics_seeds.csv")
     save_dataframe(curves_df, out / "curves.csv")
     examples = {t: {a: {e["example_id"]: e for e in load_examples(Unit(t, a, config.seeds[0]).dir(out))}
                     for a in config.alignments} for t in config.tasks}

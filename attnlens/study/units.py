@@ -14,6 +14,11 @@ Files of a finished unit:
 * ``curves.csv``: mean deletion/insertion curves (``curve, order, fraction, value``).
 * ``examples.json`` + ``examples.npz``: the analysed examples (tokens, boxes, targets, image and
   attention arrays) for galleries and the explorer.
+
+With ``StudyConfig.shard_size`` the examples and their rows are computed in shards of that many
+examples (:func:`attnlens.distributed.dataset.capture_dataset`, in the unit's process), each
+kept in ``.shards-seed<k>/`` next to the unit until the unit is published, so a unit killed
+mid-analysis resumes from its finished shards; the files are the same, bit for bit.
 """
 from __future__ import annotations
 
@@ -34,12 +39,14 @@ from ..errors import CheckpointError
 from ..io import atomic_path, save_dataframe, write_json
 from ..tasks.base import AnalysisExample, get_task
 from .config import StudyConfig
+from .example_metrics import example_scorer
 
 __all__ = ["Unit", "DONE", "run_unit", "unit_done", "unit_fingerprint", "find_checkpoint", "clean_partials", "save_examples",
            "load_examples", "resolve_device"]
 
 DONE = "DONE.json"
 PARTIAL = ".partial-"
+SHARDS = ".shards-"
 
 
 @dataclass(frozen=True)
@@ -177,8 +184,11 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
 
     ``analyse(examples, scorer, cfg, model=, task=, baselines=)`` -> ``(long_df, curves_df)`` computes the
     metric rows (baselines only in the task's first alignment and seed)
-    (default: :func:`attnlens.study.analysis.unit_metrics`).
+    (default: :func:`attnlens.study.analysis.unit_metrics`; ``cfg.shard_size`` applies to the
+    default only). ``scorer`` scores each example with the task's scorer built on that example
+    alone (:func:`attnlens.study.example_metrics.example_scorer`).
     """
+    custom = analyse
     if analyse is None:
         from .analysis import unit_metrics as analyse
     out = Path(out)
@@ -215,24 +225,36 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
         timings["evaluate"] = time.perf_counter() - t
         t = time.perf_counter()
         norms: list[float] = []
-        with _feature_norms(model, norms):
-            examples = list(task.analysis_examples(model, n=cfg.n_examples, split=cfg.split, config=conf))
-        timings["examples"] = time.perf_counter() - t
-        t = time.perf_counter()
-        scorer = task.scorer(model, examples, removal=cfg.removal)
-        long_df, curves_df = analyse(examples, scorer, cfg, model=model, task=task,
-                                     baselines=(unit.alignment, unit.seed) == (cfg.alignments[0], cfg.seeds[0]))
-        timings["metrics"] = time.perf_counter() - t
-        long_df = long_df.assign(task=unit.task, alignment=unit.alignment, seed=unit.seed)
-        curves_df = curves_df.assign(task=unit.task, alignment=unit.alignment, seed=unit.seed)
-        save_dataframe(long_df, staging / "long.csv")
-        save_dataframe(curves_df, staging / "curves.csv")
-        save_examples(staging, examples)
+        baselines = (unit.alignment, unit.seed) == (cfg.alignments[0], cfg.seeds[0])
+        columns = {"task": unit.task, "alignment": unit.alignment, "seed": unit.seed}
+        if cfg.shard_size and custom is None:  # examples and rows in resumable shards, merged into staging
+            from ..distributed.dataset import capture_dataset
+
+            shards = final.parent / f"{SHARDS}{final.name}"
+            job = capture_dataset(task, ckpt, staging, split=cfg.split, n=cfg.n_examples, config=conf, settings=cfg,
+                                  baselines=baselines, shard_size=cfg.shard_size, device=device, columns=columns,
+                                  model=model, probe=_feature_norms, shard_dir=shards, progress=progress)
+            shutil.rmtree(shards, ignore_errors=True)
+            norms = [job["probe_max"]] if job["probe_max"] is not None else []
+            n_done = job["n_examples"]
+            timings["examples+metrics"] = time.perf_counter() - t
+        else:
+            with _feature_norms(model, norms):
+                examples = list(task.analysis_examples(model, n=cfg.n_examples, split=cfg.split, config=conf))
+            timings["examples"] = time.perf_counter() - t
+            t = time.perf_counter()
+            scorer = example_scorer(task, model, examples, removal=cfg.removal)
+            long_df, curves_df = analyse(examples, scorer, cfg, model=model, task=task, baselines=baselines)
+            timings["metrics"] = time.perf_counter() - t
+            save_dataframe(long_df.assign(**columns), staging / "long.csv")
+            save_dataframe(curves_df.assign(**columns), staging / "curves.csv")
+            save_examples(staging, examples)
+            n_done = len(examples)
         timings["total"] = time.perf_counter() - t_all
         record = {"task": unit.task, "alignment": unit.alignment, "seed": unit.seed, "task_metrics": perf,
                   "checkpoint": str(ckpt), "trained": trained, "skipped_checkpoint": skipped,
                   "config": conf, "timings": timings,
-                  "model_info": _model_info(model, norms), "n_examples": len(examples),
+                  "model_info": _model_info(model, norms), "n_examples": n_done,
                   "fingerprint": unit_fingerprint(unit, cfg),
                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json(staging / DONE, record)

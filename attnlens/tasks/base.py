@@ -15,6 +15,10 @@ example each row belongs to); it returns the model's scored output ``[M]`` (the 
 similarity for matching, the probability of the model's own predicted answer for VQA, ...),
 computed in batched forwards. Removal modes: ``"mask"`` (removed regions are dropped from the
 attention), ``"zero"`` (their features zeroed), ``"mean"`` (replaced by the mean feature).
+
+Shards: ``analysis_examples(model, n=n, start=k)`` gives examples ``k .. k + n - 1`` of the split,
+identical to the same items of one call from 0, so a split can be captured in index ranges on
+several workers (:mod:`attnlens.distributed.dataset`).
 """
 from __future__ import annotations
 
@@ -96,7 +100,15 @@ class Task(Protocol):
     def evaluate(self, model: torch.nn.Module, split: str = "test", config: dict | None = None) -> dict[str, float]: ...
 
     def analysis_examples(self, model: torch.nn.Module, *, n: int, split: str = "test",
-                          config: dict | None = None) -> Sequence[AnalysisExample]: ...
+                          config: dict | None = None, start: int = 0) -> Sequence[AnalysisExample]:
+        """Examples ``start .. start + n - 1`` of ``split`` (fewer where the split ends): the same
+        examples (ids, maps, targets, outputs) as items ``start:start + n`` of one call from 0."""
+        ...
+
+    def split_size(self, split: str = "test", config: dict | None = None) -> int:
+        """How many analysis examples ``split`` holds under ``config`` (a dataset-wide capture's
+        default; optional: a task without it needs an explicit number of examples)."""
+        ...
 
     def scorer(self, model: torch.nn.Module, examples: Sequence[AnalysisExample], *,
                removal: str = "mask") -> ScoreFn: ...

@@ -162,3 +162,28 @@ def remove_regions(feats: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor,
     v = valid[..., None].to(feats.dtype)
     mean = (feats * v).sum(1, keepdim=True) / v.sum(1, keepdim=True).clamp_min(1.0)
     return torch.where(keep[..., None], feats, mean.expand_as(feats)), valid
+
+
+def scene_slice(split: str, start: int, n: int | None, **options) -> list:
+    """Scenes ``start .. start + n - 1`` of a built-in split: the same objects as
+    ``load_split(split, start + n)[start:]`` (a split's first scenes do not depend on its size).
+
+    From 0 this is ``load_split(split, n)``; from later starts inside the split's default size the
+    whole split is generated once per process (cached) and sliced, so shards of a split cost one
+    generation, not one per shard. ``n=None``: to the end of the default size.
+
+    >>> from attnlens.data.scenes import load_split
+    >>> [s.image_id for s in scene_slice("val", 2, 2)] == [s.image_id for s in load_split("val", 4)[2:]]
+    True
+    """
+    from ..data.scenes import SPLITS, load_split
+
+    start = int(start)
+    if start < 0:
+        raise ShapeError(f"start must be >= 0, got {start}")
+    stop = None if n is None else start + int(n)
+    if start == 0:
+        return load_split(split, stop, **options)
+    size = SPLITS.get(split, 0)
+    whole = load_split(split, size if stop is None else max(stop, size), **options)
+    return whole[start:stop]

@@ -114,13 +114,15 @@ def caption_objects(caption) -> list[int]:
     return sorted({int(p.entity_id) for p in caption.phrases if p.has_box})
 
 
-def load_pairs(cfg: GenerationConfig, split: str, *, n: int | None = None, caption_index=None) -> dict:
+def load_pairs(cfg: GenerationConfig, split: str, *, n: int | None = None, caption_index=None,
+               start: int = 0) -> dict:
     """(scene, caption) pairs as tensors.
 
     Returns ``tokens [P, L]``, ``lengths [P]``, ``layout float [P, 1, S, S]``,
     ``target uint8 [P, 3, S, S]``, ``captions`` (P ``GroundedCaption``), ``samples``, ``scene [P]``.
     ``caption_index=None`` takes ``captions_per_image`` captions of every scene; an int ``k``
-    takes caption ``(i + k) % n_captions`` of scene ``i`` (one pair per scene).
+    takes caption ``(i + k) % n_captions`` of scene ``i`` (one pair per scene). ``start``: begin at
+    scene ``start`` (scenes ``start .. start + n - 1``, the same pairs as those scenes' pairs from 0).
     """
     from ..data.batching import pad_sequences
     from ..data.scenes import load_split
@@ -128,14 +130,19 @@ def load_pairs(cfg: GenerationConfig, split: str, *, n: int | None = None, capti
 
     vocab = scenes_vocabulary()
     n = (cfg.n_train if split == "train" else cfg.n_test) if n is None else n
-    samples = load_split(split, n, **dict(cfg.scene_options))
+    if start:
+        from .common import scene_slice
+
+        samples = scene_slice(split, start, n, **dict(cfg.scene_options))
+    else:
+        samples = load_split(split, n, **dict(cfg.scene_options))
     if not samples:
-        raise ShapeError(f"the {split!r} split is empty (n={n})")
+        raise ShapeError(f"the {split!r} split is empty (n={n}, start={start})")
     S, src = int(cfg.image_size), samples[0].image.shape[0]
     pairs = []
     for i, s in enumerate(samples):
         ks = range(min(cfg.captions_per_image, len(s.captions))) if caption_index is None else \
-            [(i + int(caption_index)) % len(s.captions)]
+            [(int(start) + i + int(caption_index)) % len(s.captions)]
         pairs += [(i, k) for k in ks]
     captions = [samples[i].captions[k] for i, k in pairs]
     tokens, lengths = pad_sequences([vocab.encode(c.tokens) for c in captions], vocab.pad_id)
@@ -272,10 +279,10 @@ class GenerationTask:
             pick = first[order] + (torch.rand(n_scenes, generator=gen) * counts[order]).long()
             return [pick[a:a + bs] for a in range(0, n_scenes, bs)]
 
-        def loss_fn(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        def loss_fn(idx: torch.Tensor, epoch: int, net: torch.nn.Module) -> torch.Tensor:
             lengths = train["lengths"][idx]
             layout = train["layout"][idx].to(dev)
-            out = model(_trim(train["tokens"][idx], lengths).to(dev), lengths.to(dev), layout)
+            out = net(_trim(train["tokens"][idx], lengths).to(dev), lengths.to(dev), layout)
             target = train["target"][idx].to(dev).float() / 255.0
             weight = 1.0 + cfg.fg_weight * layout
             return (weight * (out.image - target) ** 2).mean() + F.l1_loss(out.image, target)
@@ -328,10 +335,10 @@ class GenerationTask:
 
     # ---------------------------------------------------------------- analysis
     def analysis_examples(self, model: TextToImage, *, n: int, split: str = "test",
-                          config: dict | None = None) -> Sequence[AnalysisExample]:
-        """``n`` examples (module docstring)."""
+                          config: dict | None = None, start: int = 0) -> Sequence[AnalysisExample]:
+        """``n`` examples from scene ``start`` (module docstring)."""
         cfg = self._cfg(model, config)
-        data = load_pairs(cfg, split, n=n, caption_index=0)
+        data = load_pairs(cfg, split, n=n, caption_index=0, start=start)
         dev = _device_of(model)
         S, g = int(cfg.image_size), int(cfg.grid)
         scale = S / float(data["source_size"])
@@ -364,6 +371,16 @@ class GenerationTask:
                       "layout": data["layout"][p, 0].numpy().copy(), "caption_ids": data["tokens"][p, :L].tolist(),
                       "score": "-MSE to the full-input generation"}))
         return out
+
+    def split_size(self, split: str = "test", config: dict | None = None) -> int:
+        """Scenes of ``split``: the config's ``n_test`` / ``n_train``, else the split's size."""
+        from ..data.scenes import SPLITS
+
+        if split not in SPLITS:
+            raise UnknownNameError("split", split, SPLITS)
+        cfg = self.resolve_config(config)
+        n = cfg.n_train if split == "train" else cfg.n_test
+        return int(n) if n else SPLITS[split]
 
     def _prepare(self, model, examples):
         if not examples:

@@ -152,11 +152,11 @@ class MatchingTask:
             which = torch.randint(K, (n,), generator=gen)
             return [(order[a:a + bs], which[order[a:a + bs]]) for a in range(0, n, bs)]
 
-        def loss_fn(batch, epoch: int) -> torch.Tensor:
-            idx, k = batch
+        def loss_fn(batch, epoch: int, net: torch.nn.Module) -> torch.Tensor:
+            idx, k = batch  # under torchrun: this rank's shard, so hardest negatives come from it alone
             tokens, lengths = train["tokens"][idx, k], train["lengths"][idx, k]
-            S = model(train["images"][idx].to(dev).float() / 255.0, train["boxes"][idx].to(dev),
-                      train["region_mask"][idx].to(dev), _trim(tokens, lengths).to(dev), lengths.to(dev))
+            S = net(train["images"][idx].to(dev).float() / 255.0, train["boxes"][idx].to(dev),
+                    train["region_mask"][idx].to(dev), _trim(tokens, lengths).to(dev), lengths.to(dev))
             return contrastive_loss(S, margin=cfg.margin, max_violation=cfg.max_violation and epoch >= cfg.warmup_epochs)
 
         def lr_at(epoch: int) -> float:
@@ -212,18 +212,18 @@ class MatchingTask:
 
     # ---------------------------------------------------------------- analysis
     def analysis_examples(self, model: MatchingModel, *, n: int, split: str = "test",
-                          config: dict | None = None) -> Sequence[AnalysisExample]:
-        """``n`` examples: scene ``i`` of ``split`` with caption ``i % captions_per_image``."""
+                          config: dict | None = None, start: int = 0) -> Sequence[AnalysisExample]:
+        """``n`` examples from ``start``: scene ``i`` of ``split`` with caption ``i % captions_per_image``."""
         cfg = self._config_for(model, config)
         vocab = _vocab(model)
-        from ..data.scenes import load_split
+        from .common import scene_slice
 
-        samples = load_split(split, n, **dict(cfg.scene_options))
+        samples = scene_slice(split, start, n, **dict(cfg.scene_options))
         dev = _device_of(model)
         model.eval()
         K = int(cfg.captions_per_image)
         out = []
-        for i, sample in enumerate(samples):
+        for i, sample in enumerate(samples, start=int(start)):
             k = i % min(K, len(sample.captions))
             caption = sample.captions[k]
             ids = torch.tensor([vocab.encode(caption.tokens)], dtype=torch.long, device=dev)
@@ -249,6 +249,15 @@ class MatchingTask:
                       "image_id": sample.image_id, "caption_index": k, "caption": caption.text,
                       "rcar": model.hparams["rcar"]}))
         return out
+
+    def split_size(self, split: str = "test", config: dict | None = None) -> int:
+        """Scenes of ``split``: ``n_test`` for the test split when set, else the split's size."""
+        from ..data.scenes import SPLITS
+
+        if split not in SPLITS:
+            raise UnknownNameError("split", split, SPLITS)
+        cfg = self.resolve_config(config)
+        return int(cfg.n_test) if split == "test" and cfg.n_test else SPLITS[split]
 
     @staticmethod
     def _pair_map(records, model: MatchingModel):

@@ -297,13 +297,13 @@ class VQATask:
             order = torch.randperm(n_img, generator=gen)
             return [order[a:a + bs] for a in range(0, n_img, bs)]
 
-        def loss_fn(imgs: torch.Tensor, epoch: int) -> torch.Tensor:
+        def loss_fn(imgs: torch.Tensor, epoch: int, net: torch.nn.Module) -> torch.Tensor:
             rows = torch.tensor([q for i in imgs.tolist() for q in by_image[i]], dtype=torch.long)
             remap = torch.full((n_img,), -1, dtype=torch.long)
             remap[imgs] = torch.arange(len(imgs))
-            out = model(_trim(train["tokens"][rows], train["lengths"][rows]).to(dev), train["lengths"][rows].to(dev),
-                        _float_images(train["images"][imgs], dev), train["boxes"][imgs].to(dev),
-                        train["region_mask"][imgs].to(dev), image_index=remap[train["q_image"][rows]].to(dev))
+            out = net(_trim(train["tokens"][rows], train["lengths"][rows]).to(dev), train["lengths"][rows].to(dev),
+                      _float_images(train["images"][imgs], dev), train["boxes"][imgs].to(dev),
+                      train["region_mask"][imgs].to(dev), image_index=remap[train["q_image"][rows]].to(dev))
             return F.cross_entropy(out.logits, train["answers"][rows].to(dev))
 
         def lr_at(epoch: int) -> float:
@@ -349,11 +349,11 @@ class VQATask:
 
     # ---------------------------------------------------------------- analysis
     def analysis_examples(self, model: VQAModel, *, n: int, split: str = "test",
-                          config: dict | None = None) -> Sequence[AnalysisExample]:
-        """``n`` examples (module docstring), one per image."""
+                          config: dict | None = None, start: int = 0) -> Sequence[AnalysisExample]:
+        """``n`` examples from image ``start`` (module docstring), one per image."""
         cfg, vocab, answers = self._config_and_vocab(model, config)
         data = load_data(cfg, split, vocab, answers)
-        chosen = _pick_questions(data, int(n))
+        chosen = _pick_questions(data, int(start) + int(n))[int(start):]
         dev = _device_of(model)
         model.eval()
         out = []
@@ -388,6 +388,11 @@ class VQATask:
                       "correct": data["answer_names"][pred] == q.answer,
                       "question_ids": ids[0].tolist()}))
         return out
+
+    def split_size(self, split: str = "test", config: dict | None = None) -> int:
+        """Images of ``split`` (under the config's ``n_test`` / ``easy_n_test``) that have a question."""
+        data = load_data(self.resolve_config(config), split)
+        return len(set(data["q_image"].tolist()))
 
     def scorer(self, model: VQAModel, examples: Sequence[AnalysisExample], *, removal: str = "mask") -> ScoreFn:
         """``score(keep [M, R], index [M]) -> [M]``: probability of the model's own predicted answer

@@ -136,8 +136,7 @@ class TrainConfig:
         return cfg.replace(**dict(overrides or {})) if overrides else cfg
 
 
-#: scene options and per-alignment options of the matching demo/full presets (see MatchingConfig)
-MATCHING_SCENES = {"relation_rate": 1.0, "size_rate": 1.0}
+#: per-alignment options of the matching demo/full presets (see MatchingConfig)
 MATCHING_ALIGNMENT = {"additive": {"hidden": 16}}
 
 
@@ -155,14 +154,14 @@ class MatchingConfig(TrainConfig):
         norm: score normalisation (``clipped_l2norm`` ...).
         rcar: None (plain SCAN) or ``{"mode": "coop_rcar" | "only_rcr" | "only_rar", "steps": K, ...}``.
         margin / max_violation / warmup_epochs: VSE++ loss; hardest negatives from epoch
-            ``warmup_epochs`` on (sum of all violations before). On the default scenes a
-            caption such as "a red circle" fits several images of a batch, the hardest
-            "negative" is then often a true match, and training with it at ``lr=1e-2`` collapsed
-            (loss stuck at ``2 * margin * batch``). The ``demo`` preset trains on the more
-            discriminative matching scenes (``scene_options`` below) at ``lr=3e-3`` with 3
-            warm-up epochs; there hardest negatives helped (measured with
-            ``benchmarks/bench_matching.py``, dot, 2000 scenes x 7 epochs: text-to-image R@1
-            34.8 -> 35.8 %, image-to-text R@1 24.5 -> 54.0 %).
+            ``warmup_epochs`` on (sum of all violations before). Hardest negatives need captions
+            that identify their image: when a caption such as "a red circle" fits several images
+            of a batch, the hardest "negative" is often a true match. The scenes before
+            ``single_rate`` / ``triple_rate`` existed had 25 % one-object captions; there
+            training at ``lr=1e-2`` collapsed (loss stuck at ``2 * margin * batch``) and
+            ``additive`` collapsed even at ``lr=3e-3`` (text-to-image R@1 9.1 %). On the current
+            default scenes (captions name 2-3 objects, sizes and a relation) all seven functions
+            train with the demo preset (``lr=3e-3``, 3 warm-up epochs).
         n_train: the ``demo`` preset trains on 3000 scenes (more than the train split's default
             2000: the generator makes as many as asked); more scenes helped more than more epochs.
         captions_per_image: captions per scene used in training and evaluation (5 = SCAN protocol).
@@ -172,11 +171,6 @@ class MatchingConfig(TrainConfig):
             presets give ``additive`` a hidden size of 16: its all-pairs scores materialise
             ``[Ni, Nc, Lq, Lk, hidden]``, and at the default ``hidden = embed_dim`` (128) a demo
             run took about 7.5 minutes instead of about one.
-        scene_options: the ``demo`` and ``full`` presets use ``relation_rate=1.0, size_rate=1.0``:
-            every two-object caption then relates its objects ("left of", "above" ...) and every
-            noun phrase names the size, so fewer test images fit a caption and the oracle
-            text-to-image R@1 ceiling rises from about 0.33-0.46 to about 0.51-0.60
-            (``benchmarks/bench_matching.py`` prints both). Other tasks keep the default scenes.
     """
 
     task: ClassVar[str] = "matching"
@@ -185,11 +179,11 @@ class MatchingConfig(TrainConfig):
                       channels=(8, 16), strides=(2, 2), pool=(2, 2), warmup_epochs=1),
         "demo": dict(epochs=8, batch_size=32, lr=3e-3, lr_decay_epoch=6, n_train=3000, n_test=None,
                      embed_dim=128, word_dim=64, channels=(16, 32), strides=(2, 2), pool=(3, 3),
-                     max_violation=True, warmup_epochs=3, scene_options=MATCHING_SCENES,
+                     max_violation=True, warmup_epochs=3,
                      alignment_options=MATCHING_ALIGNMENT),
         "full": dict(epochs=12, batch_size=32, lr=3e-3, lr_decay_epoch=9, n_train=6000, n_test=None,
                      embed_dim=128, word_dim=64, channels=(16, 32), strides=(2, 2), pool=(3, 3),
-                     max_violation=True, warmup_epochs=3, scene_options=MATCHING_SCENES,
+                     max_violation=True, warmup_epochs=3,
                      alignment_options=MATCHING_ALIGNMENT),
     }
 

@@ -6,14 +6,16 @@ from a global stream, and the global RNG states (dropout) are saved with every c
 a run interrupted after any epoch and resumed ends with the same weights and metrics as an
 uninterrupted run.
 
-Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` joins the process group, trains each
-rank on its shard of every global batch with gradients averaged over the ranks, and only rank 0
-evaluates and writes checkpoints (see :mod:`attnlens.distributed.ddp`, which also says where the
-results differ from a single-process run).
+Launched by ``torchrun`` (``WORLD_SIZE > 1``), :func:`fit` joins the process group, wraps the
+model in ``DistributedDataParallel`` and trains each rank on its shard of every global batch
+(the loss function's forward runs through the wrapper, whose reducer averages the gradients over
+the ranks); only rank 0 evaluates and writes checkpoints (see :mod:`attnlens.distributed.ddp`,
+which also says where the results differ from a single-process run).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import random
 import time
@@ -98,22 +100,71 @@ def config_diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+def _takes_net(loss_fn: Callable) -> bool:
+    """Whether ``loss_fn`` accepts ``(batch, epoch, net)`` (else it is the older ``(batch, epoch)``)."""
+    try:
+        inspect.signature(loss_fn).bind(None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (some builtins): assume the current contract
+        return True
+    return True
+
+
+def _probe_unused(model: nn.Module, loss_fn: Callable, data: Iterable[Any], epoch: int, rank: int,
+                  world: int) -> list[str] | None:
+    """Trainable parameters that the loss of the first shardable batch of ``data`` leaves without
+    a gradient on any rank (sorted names; None when no batch can be sharded)."""
+    from ..distributed import ddp as _ddp
+
+    trial = next((b for b in data if _ddp.batch_size(b) >= world), None)  # the same batch on every rank
+    if trial is None:
+        return None
+    trial = _ddp.shard_batch(trial, rank, world)
+    mine = _ddp.probe_unused(model, lambda: loss_fn(trial, epoch, model))
+    return sorted(set().union(*_ddp.gather_objects(mine, world)))
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Path, config: dict, epochs: int,
         seed: int, batches: Callable[[int, torch.Generator], Iterable[Any]],
-        loss_fn: Callable[[Any, int], torch.Tensor], evaluate: Callable[[], dict] | None = None,
+        loss_fn: Callable[[Any, int, nn.Module], torch.Tensor], evaluate: Callable[[], dict] | None = None,
         eval_every: int = 0, lr_at: Callable[[int], float] | None = None, grad_clip: float = 0.0,
-        progress: bool = True, resume: bool = True, desc: str = "train") -> dict:
+        progress: bool = True, resume: bool = True, desc: str = "train",
+        find_unused_parameters: bool | None = None) -> dict:
     """Train ``model`` for ``epochs`` epochs with a checkpoint after each; returns the final state.
 
     Args:
         run_dir: where checkpoints go (see :mod:`attnlens.train.checkpoint`).
         config: JSON-ready dict saved as ``config.json``; a resumed run must have the same one.
         batches: ``(epoch, generator) -> iterable of batches`` (deterministic given the generator).
-        loss_fn: ``(batch, epoch) -> scalar loss``; the loop does backward, clipping and the step.
+        loss_fn: ``(batch, epoch, net) -> scalar loss``, where ``net`` is the module whose forward
+            the loss must call: ``model`` itself in a plain run, ``model`` wrapped in
+            ``DistributedDataParallel`` under ``torchrun`` (only forwards through the wrapper
+            have their gradients averaged over the ranks). The loop does backward, clipping
+            and the step. A two-argument ``(batch, epoch)`` loss that calls ``model`` directly
+            is still accepted in a plain run; under ``torchrun`` it raises
+            :class:`~attnlens.distributed.DistributedError`.
         evaluate: ``() -> metrics`` called in eval mode under ``no_grad`` every ``eval_every``
             epochs (0: only after the last epoch) and after the last epoch.
         lr_at: learning rate for an epoch (set on every parameter group at the epoch's start).
         resume: continue from the checkpoint in ``run_dir`` if there is one.
+        find_unused_parameters: DDP's option, used only under ``torchrun``. ``None``: on when a
+            trial forward of the first batch (on any rank; RNG states and buffers restored)
+            leaves a trainable parameter without a gradient
+            (:func:`attnlens.distributed.ddp.probe_unused`); pass ``True`` for a model whose set
+            of used parameters changes from batch to batch.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each rank gets its contiguous shard of every global
+    batch (batches smaller than the number of ranks are skipped) and DDP averages the
+    gradients: for a loss that is a mean over equal shards this is the single-process
+    global-batch step up to float rounding; a batch-dependent loss is computed per shard (the
+    ``matching`` task's VSE++ loss mines its hardest negatives among the rank's own shard of the
+    batch, not the global batch). See :mod:`attnlens.distributed.ddp` for every difference.
+    The ranks start from rank 0's weights, must resume from the same epoch, take rank 0's
+    buffers (batch-norm running statistics) and compare a hash of their parameters and buffers
+    after every epoch (``state.json``: ``distributed.param_sha256``); the logged loss is the
+    mean over the ranks; rank 0 alone evaluates and writes checkpoints (the unwrapped model's
+    state dict). A plain run never wraps the model.
 
     Returns:
         ``{"epoch", "history", "train_seconds"}``; history has one dict per epoch (``loss``,
@@ -124,6 +175,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
     run_dir = Path(run_dir)
     first = next(iter(model.parameters()), None)
     rank, world = _ddp.init_from_env(first.device if first is not None else "cpu")
+    takes_net = _takes_net(loss_fn)
+    if world > 1 and not takes_net:
+        raise _ddp.DistributedError(f"under torchrun (world size {world}) loss_fn must take the module to call as "
+                                    "a third argument, (batch, epoch, net), so that its forward runs through "
+                                    "DistributedDataParallel")
     progress = progress and rank == 0
     start, history, seconds = 0, [], 0.0
     if resume and has_checkpoint(run_dir):
@@ -142,13 +198,20 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
         if len(set(starts)) != 1:
             raise _ddp.DistributedError(f"ranks resume from different epochs {starts}: the run directory "
                                         f"{run_dir} must be on a file system shared by the ranks")
-        _ddp.broadcast_module(model)
+    net, unused = model, []
+    if world > 1 and start < epochs:
+        model.train()
+        if find_unused_parameters is None:
+            unused = _probe_unused(model, loss_fn, batches(start, epoch_generator(seed, start)), start, rank, world)
+            find_unused_parameters = unused is None or bool(unused)  # nothing to probe: the safe choice
+        net = _ddp.wrap(model, find_unused_parameters=find_unused_parameters)  # copies rank 0's weights
+    call_loss = (lambda b, e: loss_fn(b, e, net)) if takes_net else loss_fn
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         if lr_at is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch)
-        model.train()
+        net.train()
         data = batches(epoch, epoch_generator(seed, epoch))
         total = len(data) if isinstance(data, Sized) else None
         bar = tqdm(data, total=total, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
@@ -158,13 +221,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
                 if _ddp.batch_size(batch) < world:  # every rank sees the same global batch: same decision
                     continue
                 batch = _ddp.shard_batch(batch, rank, world)
-            loss = loss_fn(batch, epoch)
+            loss = call_loss(batch, epoch)
             loss_value = _ddp.mean_over_ranks(float(loss.detach()), world, loss.device)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite training loss {loss_value} at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _ddp.average_gradients(model.parameters(), world)
+            loss.backward()  # under torchrun DDP's hooks average the gradients over the ranks here
             bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
             if bad:
                 raise FloatingPointError(f"non-finite gradients at epoch {epoch + 1} in {', '.join(bad[:8])}"
@@ -191,7 +253,10 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
         history.append(entry)
         extra: dict[str, Any] = {"train_seconds": seconds}
         if world > 1:
-            extra["distributed"] = {"world_size": world, "param_sha256": _ddp.check_in_sync(model, world)}
+            _ddp.sync_buffers(model)  # rank 0's running statistics (as DDP's next forward would copy them)
+            extra["distributed"] = {"world_size": world, "param_sha256": _ddp.check_in_sync(model, world),
+                                    "find_unused_parameters": bool(find_unused_parameters),
+                                    "unused_parameters": unused or []}
         if rank == 0:
             save_checkpoint(run_dir, model, config=config, epoch=epoch + 1, history=history, optimizer=optimizer,
                             extra=extra)

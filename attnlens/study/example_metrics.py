@@ -1,0 +1,196 @@
+"""Per-example metric rows: every number of an example depends on that example alone.
+
+The study's metric rows (:func:`attnlens.study.analysis.unit_metrics`) are computed one example
+at a time, so that a split cut into shards (:mod:`attnlens.distributed.dataset`) gives the same
+rows, bit for bit, as one pass over all its examples:
+
+* random draws (the random deletion order, the faithfulness-correlation subsets, the random
+  baseline map) come from generators seeded by :func:`example_seed` of the example's id, not
+  from one stream shared by the examples of a call;
+* the model scores the perturbed inputs of one example per call, so no forward mixes examples
+  (a batched matrix product can round a row differently when other rows share the batch);
+* :func:`example_scorer` builds the task's scorer on each example alone (a scorer built over many
+  examples encodes their images in one batch, with the same caveat).
+
+Row order: example by example, in the examples' order; within an example: grounding (per
+metric, per target), ERASER and the faithfulness correlation, the baselines (per baseline,
+metric, target), the curves' AUCs, the gaps, the leave-one-out agreement. The curves are kept per
+example (:func:`metric_rows`) and averaged by :func:`mean_curves`, so that shards are averaged
+after they are merged.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import ShapeError
+
+__all__ = ["example_seed", "example_scorer", "metric_rows", "mean_curves", "CURVE_MODES", "CURVE_ORDERS",
+           "CURVE_COLUMNS", "EXAMPLE_CURVE_COLUMNS"]
+
+CURVE_MODES, CURVE_ORDERS = ("deletion", "insertion"), ("morf", "lerf", "random")
+#: Columns of the mean curves (``curves.csv``).
+CURVE_COLUMNS = ["curve", "order", "fraction", "value"]
+#: Columns of the per-example curves returned by :func:`metric_rows`.
+EXAMPLE_CURVE_COLUMNS = ["example_id", "curve", "order", "fraction", "value"]
+_GAPS = {"deletion_gap": ("deletion", "random", "morf"), "insertion_gap": ("insertion", "morf", "random")}
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """The seed of one example's random draws: a 63-bit hash of ``(seed, example_id)``.
+
+    >>> example_seed(0, "scene_0001/0") == example_seed(0, "scene_0001/0") != example_seed(1, "scene_0001/0")
+    True
+    """
+    digest = hashlib.blake2b(f"{int(seed)}\x00{example_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _ExampleScorer:
+    """``score(keep [M, R], index [M]) -> [M]`` that scores example ``e``'s rows with
+    ``task.scorer(model, [examples[e]])`` (built on first use and kept)."""
+
+    def __init__(self, task, model, examples: Sequence, removal: str):
+        self.task, self.model, self.examples, self.removal = task, model, list(examples), removal
+        self._scorers: dict[int, object] = {}
+
+    def __repr__(self) -> str:
+        return f"example_scorer({getattr(self.task, 'name', self.task)!r}, {len(self.examples)} examples)"
+
+    def _one(self, e: int):
+        if e not in self._scorers:
+            self._scorers[e] = self.task.scorer(self.model, [self.examples[e]], removal=self.removal)
+        return self._scorers[e]
+
+    def __call__(self, keep: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        keep, index = torch.as_tensor(keep), torch.as_tensor(index)
+        if index.ndim != 1 or keep.ndim != 2 or len(index) != len(keep):
+            raise ShapeError(f"score(keep, index) needs keep [M, R] and index [M], got {tuple(keep.shape)} "
+                             f"and {tuple(index.shape)}")
+        n = len(self.examples)
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise ShapeError(f"index values must lie in [0, {n}) (number of examples), got "
+                             f"[{int(index.min())}, {int(index.max())}]")
+        out = None
+        for e in torch.unique(index).tolist():
+            rows = torch.nonzero(index == e).flatten()
+            y = torch.as_tensor(self._one(e)(keep[rows], torch.zeros(len(rows), dtype=torch.long))).detach().cpu()
+            if out is None:
+                out = torch.empty(len(index), dtype=y.dtype)
+            out[rows] = y
+        return torch.empty(0) if out is None else out
+
+
+def example_scorer(task, model, examples: Sequence, *, removal: str = "mask"):
+    """A score function over ``examples`` whose rows of example ``e`` are scored by the task's
+    scorer built on that example alone (so a score never depends on the other examples).
+
+    Same contract as ``task.scorer(model, examples, removal=removal)``: ``score(keep [M, R] bool,
+    index [M] long) -> [M]``.
+    """
+    return _ExampleScorer(task, model, examples, removal)
+
+
+def _row(ex, metric: str, value: float, category: str) -> dict:
+    value = float(value)
+    return {"example_id": ex.example_id, "method": "attention", "metric": metric, "value": value,
+            "reason": "" if np.isfinite(value) else "undefined (constant input or too few elements)",
+            "subset": ex.meta.get("subset", "all"), "target": -1, "phrase": "", "category": category}
+
+
+def _one_example(ex, score, cfg, baselines: bool, seed: int) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows and per-example curve points of one example (``score`` sees index 0 only)."""
+    from ..metrics import MetricSuite
+    from ..metrics.functional import faithfulness as F
+    from ..metrics.functional.agreement import rank_agreement
+    from ..metrics.functional.baselines import BASELINES
+    from ..metrics.suite import GROUNDING
+
+    s = example_seed(seed, ex.example_id)
+    suite = MetricSuite(GROUNDING, ("comprehensiveness_aopc", "sufficiency_aopc", "faithfulness_correlation"),
+                        steps=cfg.steps, n_subsets=cfg.n_subsets, progress=False,
+                        baselines=BASELINES if baselines else (), seed=s)
+    df = suite.run({"attention": [ex]}, {"attention": score})
+    df["category"] = np.where(df["method"].str.startswith("baseline:"), "baseline",
+                              np.where(df["metric"].isin(GROUNDING), "grounding", "faithfulness"))
+    valid = torch.as_tensor(np.asarray(ex.region_valid, dtype=bool))[None]
+    imp = torch.where(valid, ex.region_importance.detach().double().cpu()[None], 0.0)
+    curves = F.perturbation_curves(score, imp, valid=valid, modes=CURVE_MODES, orders=CURVE_ORDERS,
+                                   steps=cfg.steps, seed=s, progress=False)
+    extra, points = [], []
+    for (mode, order), c in curves.items():
+        extra.append(_row(ex, f"{mode}_auc_{order}", float(c.auc[0]), "faithfulness"))
+        points += [{"example_id": ex.example_id, "curve": mode, "order": order, "fraction": float(f),
+                    "value": float(v)} for f, v in zip(c.fractions.tolist(), c.values[0].double().tolist())]
+    # the signal is the gap to the random order (METRICS.md), not a raw AUC: a model whose output
+    # ignores the regions has flat curves, a high raw insertion AUC and a zero gap
+    for name, (mode, hi, lo) in _GAPS.items():
+        if (mode, hi) in curves and (mode, lo) in curves:
+            extra.append(_row(ex, name, float(curves[(mode, hi)].auc[0] - curves[(mode, lo)].auc[0]), "faithfulness"))
+    if cfg.agreement:
+        loo = F.leave_one_out(score, valid)
+        v = valid[0].numpy()
+        for k, val in rank_agreement(imp[0].numpy()[v], loo[0].numpy()[v], k=3).items():
+            extra.append(_row(ex, f"loo_{k}", val, "agreement"))
+    return pd.concat([df, pd.DataFrame(extra)], ignore_index=True), points
+
+
+def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed: int = 0
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-example metric rows and per-example curves (see the module docstring).
+
+    Args:
+        examples: ``AnalysisExample`` s.
+        scorer: ``score(keep, index)`` over ``examples`` (best :func:`example_scorer`).
+        cfg: settings with ``steps``, ``n_subsets`` and ``agreement`` (a ``StudyConfig``).
+        baselines: also score the uniform/centre/random maps on the same targets.
+        seed: base seed of the per-example random draws (:func:`example_seed`).
+
+    Returns:
+        ``(long, curves)``: long rows ``example_id, method, metric, value, reason, subset, target,
+        phrase, category, higher_is_better`` and the curves of every example
+        (:data:`EXAMPLE_CURVE_COLUMNS`).
+    """
+    from ..metrics.suite import HIGHER_IS_BETTER
+
+    frames, points = [], []
+    for i, ex in enumerate(examples):
+        def score(keep, index, _i=i):
+            return scorer(keep, torch.as_tensor(index) + _i)
+
+        df, pts = _one_example(ex, score, cfg, baselines, seed)
+        frames.append(df)
+        points += pts
+    if not frames:
+        raise ShapeError("metric_rows needs at least one example")
+    long = pd.concat(frames, ignore_index=True)
+    hib = {**HIGHER_IS_BETTER, "deletion_gap": True, "insertion_gap": True,
+           **{f"loo_{k}": True for k in ("kendall_tau", "spearman", "topk_overlap")}}
+    long["higher_is_better"] = long["metric"].map(hib)
+    return long, pd.DataFrame(points, columns=EXAMPLE_CURVE_COLUMNS)
+
+
+def mean_curves(example_curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean curves (:data:`CURVE_COLUMNS`) over the examples of :func:`metric_rows`'s per-example
+    curves: at each fraction the mean of the examples' finite values (NaN where none is finite).
+
+    >>> pts = pd.DataFrame({"example_id": ["a", "a", "b", "b"], "curve": "deletion", "order": "morf",
+    ...                     "fraction": [0.0, 1.0, 0.0, 1.0], "value": [1.0, 0.0, 0.5, float("nan")]})
+    >>> mean_curves(pts)["value"].tolist()
+    [0.75, 0.0]
+    """
+    rows = []
+    for (mode, order), g in example_curves.groupby(["curve", "order"], sort=False):
+        fractions = list(dict.fromkeys(g["fraction"].tolist()))
+        values = g["value"].to_numpy(dtype=np.float64).reshape(-1, len(fractions))  # [examples, points]
+        finite = np.isfinite(values)
+        count = finite.sum(0)
+        total = np.where(finite, values, 0.0).sum(0)
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        rows += [{"curve": mode, "order": order, "fraction": float(f), "value": float(v)}
+                 for f, v in zip(fractions, mean)]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
