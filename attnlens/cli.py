@@ -56,13 +56,18 @@ def cli(debug: bool) -> None:
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Run the units here one after another, or as Ray tasks (pip install ray).")
 @click.option("--address", default=None, help="Ray cluster to join (--engine ray) [default: start a local one].")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Compute each unit's examples and metric rows in shards of this many examples, saved as "
+                   "they finish (same numbers; an interrupted unit resumes from its last shard).")
 def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints, no_resume, quiet, engine,
-          address):
+          address, shard_size):
     """Compare alignment functions end to end and write report.html, report.md and metrics.csv."""
     from .study import run_study
 
     out = out or Path("runs") / preset
     kw = {} if n_examples is None else {"n_examples": n_examples}
+    if shard_size is not None:
+        kw["shard_size"] = shard_size
     res = run_study(out, preset=preset, tasks=_split(tasks), alignments=_split(alignments), seeds=seeds,
                     device=device, checkpoints=None if checkpoints.lower() == "none" else checkpoints,
                     resume=not no_resume, progress=not quiet, engine=engine, address=address, **kw)

@@ -4,7 +4,8 @@ Each scene has R = 6 regions, one per object class, with one-hot class features;
 "the <class>" and the word embedding of a class name is its one-hot vector. With ``dot`` (and
 ``general``, whose W is set to the identity) the class word attends to its own region, so the
 grounding is perfect by construction; ``additive`` keeps a seeded random init and grounds worse.
-The scored output is the mean cosine between each word and its attended context.
+The scored output is the mean cosine between each word and its attended context
+(``region_forward``: the same output as a function of the region features).
 """
 from __future__ import annotations
 
@@ -126,6 +127,19 @@ class FakeTask:
         f = torch.as_tensor(feats)
         res = model(words, f, key_mask=None if keep is None else keep)
         return torch.nn.functional.cosine_similarity(res.context, words, dim=-1).mean(-1).detach()
+
+    def region_forward(self, model, example):
+        """The scorer's output (mean word-context cosine) as a function of the region features."""
+        from attnlens.tasks.base import RegionForward
+
+        _, feats, target, _ = _scene("test", int(example.example_id.split("/")[0][3:]))
+        words = torch.as_tensor(_words(target))[None]
+
+        def forward(f):
+            w = words.expand(len(f), -1, -1)
+            return torch.nn.functional.cosine_similarity(model(w, f).context, w, dim=-1).mean(-1)
+
+        return RegionForward(forward, torch.as_tensor(feats)[None], torch.ones(R, dtype=torch.bool))
 
     def scorer(self, model, examples, *, removal="mask"):
         index = [int(e.example_id.split("/")[0][3:]) for e in examples]  # "img<i>/0": scene i

@@ -85,5 +85,10 @@ def test_train_and_study_commands(tmp_path, capsys):
     assert rc == 0
     for f in ("report.html", "report.md", "metrics.csv"):
         assert (tmp_path / "st" / f).exists()
+    rc = main(["study", "--preset", "quick", "--out", str(tmp_path / "sh"), "--tasks", "fake", "--alignments",
+               "dot,additive", "--n-examples", "4", "--checkpoints", str(tmp_path / "ck"), "--quiet",
+               "--shard-size", "3"])
+    assert rc == 0  # shards of 3 examples give the same numbers as one pass
+    assert (tmp_path / "sh" / "metrics_long.csv").read_bytes() == (tmp_path / "st" / "metrics_long.csv").read_bytes()
     assert "unknown task 'nope'" in (main(["study", "--tasks", "nope", "--quiet", "--out", str(tmp_path / "x")]) == 1
                                      and capsys.readouterr().err or "")

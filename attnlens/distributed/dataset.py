@@ -73,7 +73,7 @@ class _Job:
     split: str
     config: dict
     metrics: bool
-    settings: dict  # removal, steps, n_subsets, agreement
+    settings: dict  # removal, steps, n_subsets, agreement, gradient_agreement
     baselines: bool
     device: str
     shards: str  # the shard directory
@@ -218,6 +218,7 @@ class _Settings:
     steps: int = 20
     n_subsets: int = 50
     agreement: bool = True
+    gradient_agreement: tuple = ("integrated_gradients", "input_x_gradient")
 
 
 # ----------------------------------------------------------------------------- engines
@@ -350,8 +351,8 @@ def capture_dataset(task, checkpoint: str | Path, out: str | Path, *, split: str
         config: task config passed to ``analysis_examples`` (default: the task's own defaults and
             the checkpoint's config).
         metrics: also compute the per-example metric rows (``long.csv``, ``curves.csv``).
-        settings: metric settings with ``removal``, ``steps``, ``n_subsets``, ``agreement`` (a
-            ``StudyConfig``; default: the ``demo`` study preset's).
+        settings: metric settings with ``removal``, ``steps``, ``n_subsets``, ``agreement`` and
+            ``gradient_agreement`` (a ``StudyConfig``; default: the ``demo`` study preset's).
         baselines: also score the uniform/centre/random maps.
         shard_size: examples per shard.
         engine: ``"local"``, ``"process"`` or ``"ray"``.
@@ -402,6 +403,7 @@ def capture_dataset(task, checkpoint: str | Path, out: str | Path, *, split: str
 
         settings = study_config("demo")
     sett = {k: getattr(settings, k) for k in ("removal", "steps", "n_subsets", "agreement")}
+    sett["gradient_agreement"] = tuple(getattr(settings, "gradient_agreement", ()))
     columns = dict(columns or {})
     base = {"format": FORMAT, "task": _task_name(task), "checkpoint": _checkpoint_digest(checkpoint), "split": split,
             "config": config, "metrics": bool(metrics), "settings": sett if metrics else None,

@@ -311,7 +311,9 @@ def unit_metrics(examples, scorer, cfg, *, model=None, task=None, baselines: boo
     curves from :func:`attnlens.metrics.functional.faithfulness.perturbation_curves` (their AUCs
     are the rows ``deletion_auc_morf`` ...); agreement with leave-one-out importance
     (:func:`~attnlens.metrics.functional.faithfulness.leave_one_out`, Kendall tau-b, Spearman,
-    top-3 overlap) when ``cfg.agreement``. Each example is scored on its own, with random draws
+    top-3 overlap) when ``cfg.agreement``, and with captum's attributions of the task's
+    ``region_forward`` output for each method of ``cfg.gradient_agreement`` (``ig_*``, ``ixg_*``;
+    ``scorer`` must be an :func:`~attnlens.study.example_metrics.example_scorer`). Each example is scored on its own, with random draws
     seeded by its id, so its rows do not depend on the other examples (a sharded capture gives the
     same rows; see :mod:`attnlens.study.example_metrics`); rows come example by example.
 

@@ -37,6 +37,11 @@ class StudyConfig:
         alpha: significance level after Holm correction.
         gallery: examples shown in each of the best and the worst gallery.
         agreement: compute attention vs leave-one-out attribution agreement (R + 1 scored rows per example).
+        gradient_agreement: captum attribution methods compared with the attention, per example,
+            over the region features (``Task.region_forward``): names among
+            :data:`attnlens.metrics.functional.agreement.METHODS`; rows ``ig_*`` (integrated
+            gradients, zero baseline), ``ixg_*`` (input x gradient), ``ablation_*`` (feature
+            ablation); empty to switch off.
         steps: steps of the deletion/insertion curves.
         n_subsets: random subsets of the faithfulness correlation.
         task_overrides: per task, config entries that replace the task's preset defaults.
@@ -56,6 +61,7 @@ class StudyConfig:
     alpha: float = 0.05
     gallery: int = 3
     agreement: bool = True
+    gradient_agreement: tuple[str, ...] = ("integrated_gradients", "input_x_gradient")
     steps: int = 20
     n_subsets: int = 50
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -100,6 +106,13 @@ def study_config(preset: str = "demo", *, tasks: Sequence[str] | None = None,
                          f"alignments={cfg.alignments}, seeds={cfg.seeds}")
     if cfg.shard_size is not None and int(cfg.shard_size) < 1:
         raise ShapeError(f"shard_size must be >= 1 (or None for one pass), got {cfg.shard_size}")
+    from ..metrics.functional.agreement import METHODS
+
+    methods = (cfg.gradient_agreement,) if isinstance(cfg.gradient_agreement, str) else cfg.gradient_agreement
+    for m in methods:
+        if m not in METHODS:
+            raise UnknownNameError("attribution method (gradient_agreement)", m, METHODS)
+    cfg = replace(cfg, gradient_agreement=tuple(dict.fromkeys(str(m) for m in methods)))
     if cfg.n_examples < 2:
         raise ShapeError(f"n_examples must be >= 2 for paired statistics, got {cfg.n_examples}")
     return cfg

@@ -12,11 +12,21 @@ rows, bit for bit, as one pass over all its examples:
 * :func:`example_scorer` builds the task's scorer on each example alone (a scorer built over many
   examples encodes their images in one batch, with the same caveat).
 
+Agreement of the attention (``region_importance``) with each example's attributions, over its
+valid regions (Kendall tau-b, Spearman, top-3 overlap): ``loo_*`` with the leave-one-out
+importance (the scorer's output drop when one region is removed), and per method of
+``StudyConfig.gradient_agreement`` ``ig_*`` (integrated gradients, zero baseline,
+:data:`IG_STEPS` steps), ``ixg_*`` (input x gradient), ``ablation_*`` (feature ablation) with
+captum's attributions of the task's ``region_forward`` output (the scorer's output as a
+function of the region features), summed over the feature dimension
+(:func:`attnlens.metrics.functional.agreement.attributions`). A task without ``region_forward``
+gets NaN rows with the reason.
+
 Row order: example by example, in the examples' order; within an example: grounding (per
 metric, per target), ERASER and the faithfulness correlation, the baselines (per baseline,
-metric, target), the curves' AUCs, the gaps, the leave-one-out agreement. The curves are kept per
-example (:func:`metric_rows`) and averaged by :func:`mean_curves`, so that shards are averaged
-after they are merged.
+metric, target), the curves' AUCs, the gaps, the leave-one-out agreement, the gradient agreement
+(per method). The curves are kept per example (:func:`metric_rows`) and averaged by
+:func:`mean_curves`, so that shards are averaged after they are merged.
 """
 from __future__ import annotations
 
@@ -30,7 +40,7 @@ import torch
 from ..errors import ShapeError
 
 __all__ = ["example_seed", "example_scorer", "metric_rows", "mean_curves", "CURVE_MODES", "CURVE_ORDERS",
-           "CURVE_COLUMNS", "EXAMPLE_CURVE_COLUMNS"]
+           "CURVE_COLUMNS", "EXAMPLE_CURVE_COLUMNS", "GRADIENT_PREFIX", "IG_STEPS"]
 
 CURVE_MODES, CURVE_ORDERS = ("deletion", "insertion"), ("morf", "lerf", "random")
 #: Columns of the mean curves (``curves.csv``).
@@ -38,6 +48,15 @@ CURVE_COLUMNS = ["curve", "order", "fraction", "value"]
 #: Columns of the per-example curves returned by :func:`metric_rows`.
 EXAMPLE_CURVE_COLUMNS = ["example_id", "curve", "order", "fraction", "value"]
 _GAPS = {"deletion_gap": ("deletion", "random", "morf"), "insertion_gap": ("insertion", "morf", "random")}
+#: Row-name prefix of each attribution method of ``StudyConfig.gradient_agreement``.
+GRADIENT_PREFIX = {"integrated_gradients": "ig", "input_x_gradient": "ixg", "feature_ablation": "ablation"}
+#: Integrated-gradients steps (captum's Gauss-Legendre quadrature, the whole path in one batch).
+#: On the demo VQA models 64 steps rank the regions as 256 do (mean Kendall tau 0.996-1.0 over 24
+#: examples; 32 steps: 0.993-0.997) at ~5 ms per example on one CPU thread.
+IG_STEPS = 64
+_AGREEMENT, _TOP_K = ("kendall_tau", "spearman", "topk_overlap"), 3
+_NOT_EXAMPLE_SCORER = "undefined: the scorer is not an example_scorer (no task and model to differentiate)"
+_NO_REGION_FORWARD = "undefined: the task has no region_forward (no differentiable output of its region features)"
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -60,6 +79,14 @@ class _ExampleScorer:
 
     def __repr__(self) -> str:
         return f"example_scorer({getattr(self.task, 'name', self.task)!r}, {len(self.examples)} examples)"
+
+    def region_forward(self, e: int):
+        """``task.region_forward(model, examples[e])`` (:class:`attnlens.tasks.base.RegionForward`),
+        or the reason (a str) why the task has none."""
+        fn = getattr(self.task, "region_forward", None)
+        if fn is None:
+            return str(getattr(self.task, "region_forward_undefined", _NO_REGION_FORWARD))
+        return fn(self.model, self.examples[e])
 
     def _one(self, e: int):
         if e not in self._scorers:
@@ -95,15 +122,43 @@ def example_scorer(task, model, examples: Sequence, *, removal: str = "mask"):
     return _ExampleScorer(task, model, examples, removal)
 
 
-def _row(ex, metric: str, value: float, category: str) -> dict:
+def _row(ex, metric: str, value: float, category: str, reason: str = "") -> dict:
     value = float(value)
+    reason = "" if np.isfinite(value) else (reason or "undefined (constant input or too few elements)")
     return {"example_id": ex.example_id, "method": "attention", "metric": metric, "value": value,
-            "reason": "" if np.isfinite(value) else "undefined (constant input or too few elements)",
-            "subset": ex.meta.get("subset", "all"), "target": -1, "phrase": "", "category": category}
+            "reason": reason, "subset": ex.meta.get("subset", "all"), "target": -1, "phrase": "",
+            "category": category}
 
 
-def _one_example(ex, score, cfg, baselines: bool, seed: int) -> tuple[pd.DataFrame, list[dict]]:
-    """Rows and per-example curve points of one example (``score`` sees index 0 only)."""
+def _gradient_rows(ex, source, methods: Sequence[str], imp: torch.Tensor, valid: torch.Tensor) -> list[dict]:
+    """Agreement rows of ``imp [1, R]`` with each method's attributions of ``source`` (a
+    ``RegionForward``, or a str: the reason every row is NaN), over the ``valid [1, R]`` regions."""
+    from ..metrics.functional.agreement import attributions, rank_agreement
+
+    if isinstance(source, str):
+        return [_row(ex, f"{GRADIENT_PREFIX[m]}_{k}", float("nan"), "agreement", source)
+                for m in methods for k in _AGREEMENT]
+    x = source.inputs
+    R = valid.shape[-1]
+    if x.ndim != 3 or len(x) != 1 or x.shape[1] != R or tuple(source.valid.shape) != (R,):
+        raise ShapeError(f"region_forward of {ex.example_id}: inputs must be [1, {R}, D] and valid [{R}] for its "
+                         f"{R} regions, got {tuple(x.shape)} and {tuple(source.valid.shape)}")
+    v = valid[0].numpy() & source.valid.detach().cpu().numpy().astype(bool)
+    rows = []
+    for m in methods:
+        attr = attributions(source.forward, x, m, n_steps=IG_STEPS)[0][0].cpu().numpy()[v]
+        if np.isfinite(attr).all():
+            vals, reason = rank_agreement(imp[0].numpy()[v], attr, k=_TOP_K), ""
+        else:
+            vals, reason = dict.fromkeys(_AGREEMENT, float("nan")), "undefined: non-finite attribution"
+        rows += [_row(ex, f"{GRADIENT_PREFIX[m]}_{k}", vals[k], "agreement", reason) for k in _AGREEMENT]
+    return rows
+
+
+def _one_example(ex, score, cfg, baselines: bool, seed: int, region_forward=None
+                 ) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows and per-example curve points of one example (``score`` sees index 0 only;
+    ``region_forward()`` gives its ``RegionForward`` or the reason it has none)."""
     from ..metrics import MetricSuite
     from ..metrics.functional import faithfulness as F
     from ..metrics.functional.agreement import rank_agreement
@@ -134,8 +189,12 @@ def _one_example(ex, score, cfg, baselines: bool, seed: int) -> tuple[pd.DataFra
     if cfg.agreement:
         loo = F.leave_one_out(score, valid)
         v = valid[0].numpy()
-        for k, val in rank_agreement(imp[0].numpy()[v], loo[0].numpy()[v], k=3).items():
+        for k, val in rank_agreement(imp[0].numpy()[v], loo[0].numpy()[v], k=_TOP_K).items():
             extra.append(_row(ex, f"loo_{k}", val, "agreement"))
+    methods = tuple(getattr(cfg, "gradient_agreement", ()))
+    if methods:
+        source = _NOT_EXAMPLE_SCORER if region_forward is None else region_forward()
+        extra += _gradient_rows(ex, source, methods, imp, valid)
     return pd.concat([df, pd.DataFrame(extra)], ignore_index=True), points
 
 
@@ -145,8 +204,10 @@ def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed
 
     Args:
         examples: ``AnalysisExample`` s.
-        scorer: ``score(keep, index)`` over ``examples`` (best :func:`example_scorer`).
-        cfg: settings with ``steps``, ``n_subsets`` and ``agreement`` (a ``StudyConfig``).
+        scorer: ``score(keep, index)`` over ``examples`` (best :func:`example_scorer`, which
+            also gives the task's ``region_forward`` for the gradient agreement).
+        cfg: settings with ``steps``, ``n_subsets``, ``agreement`` and ``gradient_agreement``
+            (a ``StudyConfig``).
         baselines: also score the uniform/centre/random maps on the same targets.
         seed: base seed of the per-example random draws (:func:`example_seed`).
 
@@ -158,18 +219,20 @@ def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed
     from ..metrics.suite import HIGHER_IS_BETTER
 
     frames, points = [], []
+    forwards = getattr(scorer, "region_forward", None)
     for i, ex in enumerate(examples):
         def score(keep, index, _i=i):
             return scorer(keep, torch.as_tensor(index) + _i)
 
-        df, pts = _one_example(ex, score, cfg, baselines, seed)
+        df, pts = _one_example(ex, score, cfg, baselines, seed,
+                               region_forward=None if forwards is None else (lambda _i=i: forwards(_i)))
         frames.append(df)
         points += pts
     if not frames:
         raise ShapeError("metric_rows needs at least one example")
     long = pd.concat(frames, ignore_index=True)
     hib = {**HIGHER_IS_BETTER, "deletion_gap": True, "insertion_gap": True,
-           **{f"loo_{k}": True for k in ("kendall_tau", "spearman", "topk_overlap")}}
+           **{f"{p}_{k}": True for p in ("loo", *GRADIENT_PREFIX.values()) for k in _AGREEMENT}}
     long["higher_is_better"] = long["metric"].map(hib)
     return long, pd.DataFrame(points, columns=EXAMPLE_CURVE_COLUMNS)
 

@@ -70,7 +70,7 @@ def unit_fingerprint(unit: Unit, cfg: StudyConfig) -> str:
     task's config overrides); a finished unit with another fingerprint is stale and is rerun."""
     import hashlib
 
-    keys = ("preset", "n_examples", "split", "removal", "steps", "n_subsets", "agreement")
+    keys = ("preset", "n_examples", "split", "removal", "steps", "n_subsets", "agreement", "gradient_agreement")
     data = {k: getattr(cfg, k) for k in keys}
     data["task_overrides"] = cfg.task_overrides.get(unit.task, {})
     data["unit"] = [unit.task, unit.alignment, unit.seed]

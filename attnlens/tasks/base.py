@@ -16,6 +16,15 @@ similarity for matching, the probability of the model's own predicted answer for
 computed in batched forwards. Removal modes: ``"mask"`` (removed regions are dropped from the
 attention), ``"zero"`` (their features zeroed), ``"mean"`` (replaced by the mean feature).
 
+Gradient attributions (optional): ``Task.region_forward(model, example)`` returns a
+:class:`RegionForward`: the example's region features ``inputs [1, R, D]`` (the features the
+model attends over) and ``forward(features [N, R, D]) -> [N]``, a differentiable scalar output of
+that example (the scorer's output on the full input: ``forward(inputs)`` equals
+``example.output``), which accepts a batch of perturbed copies of the features (integrated
+gradients scores its whole path in one batch). The study compares the attention with captum's
+attributions of that output (:mod:`attnlens.metrics.functional.agreement`). A task without the
+method gets NaN rows; it may say why in a ``region_forward_undefined`` string attribute.
+
 Shards: ``analysis_examples(model, n=n, start=k)`` gives examples ``k .. k + n - 1`` of the split,
 identical to the same items of one call from 0, so a split can be captured in index ranges on
 several workers (:mod:`attnlens.distributed.dataset`).
@@ -24,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +43,22 @@ from ..types import AttentionMap, Regions
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 REMOVALS = ("mask", "zero", "mean")
+
+
+class RegionForward(NamedTuple):
+    """One example's output as a differentiable function of its region features.
+
+    Attributes:
+        forward: ``forward(features [N, R, D]) -> [N]``: the example's scored output for each of
+            ``N`` (perturbed) copies of its region features; ``forward(inputs)`` is the scorer's
+            output on the full input (``AnalysisExample.output``).
+        inputs: ``[1, R, D]`` the example's region features (detached).
+        valid: ``[R]`` bool, False for padded regions.
+    """
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    inputs: torch.Tensor
+    valid: torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,6 +137,29 @@ class Task(Protocol):
 
     def scorer(self, model: torch.nn.Module, examples: Sequence[AnalysisExample], *,
                removal: str = "mask") -> ScoreFn: ...
+
+    def region_forward(self, model: torch.nn.Module, example: AnalysisExample) -> RegionForward:
+        """The example's scored output as a function of its region features (module docstring;
+        optional: without it the gradient-agreement metrics are NaN)."""
+        ...
+
+
+class PresetConfigs:
+    """``default_config`` / ``resolve_config`` of a built-in task from its ``config_class`` (a
+    :class:`~attnlens.train.config.TrainConfig` with presets). ``run_keys``: keys a saved run's
+    ``config.json`` adds to the config (dropped when resolving)."""
+
+    config_class: Any
+    run_keys: tuple[str, ...] = ("alignment", "seed", "vocabulary")
+
+    def default_config(self, preset: str = "demo") -> dict:
+        """The preset's config as a plain dict (``quick``, ``demo``, ``full``)."""
+        return self.config_class.preset(preset).to_dict()
+
+    def resolve_config(self, config: Mapping | None):
+        """A full config: the demo preset overridden by ``config`` (which may be complete)."""
+        return self.config_class.resolve("demo", {k: v for k, v in dict(config or {}).items()
+                                                  if k not in self.run_keys})
 
 
 _TASKS: dict[str, Callable[[], Task]] = {}

@@ -38,6 +38,11 @@ between the image generated with only the kept cells' context and the image gene
 full input: 0 on the full input, lower as the output moves away from the model's own
 generation. ``word_scorer`` is the same score for removing **words** (``keep [M, L]``), the more
 meaningful deletion for a generator.
+
+No gradient attributions (``region_forward``): the gradient of that score at the full input is
+exactly zero (it is the maximum of ``-MSE``), and a generated image has no other single output
+whose attribution to the cells would be meaningful; the study's ``ig_*`` / ``ixg_*`` rows are NaN
+with ``GenerationTask.region_forward_undefined`` as the reason.
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ from ..train.checkpoint import load_checkpoint, read_config
 from ..train.config import TrainConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
-from .base import REMOVALS, AnalysisExample, GroundingTarget, ScoreFn
+from .base import REMOVALS, AnalysisExample, GroundingTarget, PresetConfigs, ScoreFn
 from .common import check_keep, record_probes, word_region_map
 
 
@@ -237,18 +242,16 @@ def color_attention(images: np.ndarray, weights: torch.Tensor, captions, grid: i
 
 
 # ----------------------------------------------------------------------------- the task
-class GenerationTask:
+class GenerationTask(PresetConfigs):
     """Text-to-image on the scenes (see the module docstring)."""
 
     name = "generation"
     config_class = GenerationConfig
-
-    def default_config(self, preset: str = "demo") -> dict:
-        return GenerationConfig.preset(preset).to_dict()
-
-    def resolve_config(self, config: dict | None) -> GenerationConfig:
-        skip = ("alignment", "seed", "vocabulary")
-        return GenerationConfig.resolve("demo", {k: v for k, v in dict(config or {}).items() if k not in skip})
+    #: No ``region_forward`` (:mod:`attnlens.tasks.base`): the reason the study gives in its
+    #: gradient-agreement rows.
+    region_forward_undefined = ("undefined for generation: its scored output, -MSE to its own full-input "
+                                "generation, has an exactly zero gradient at the full input, and an image has "
+                                "no other single output to attribute")
 
     def build_model(self, cfg: GenerationConfig, *, alignment: str, vocab_size: int) -> TextToImage:
         return TextToImage(vocab_size, alignment=alignment, dim=cfg.dim, word_dim=cfg.word_dim,

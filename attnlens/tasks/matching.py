@@ -15,6 +15,20 @@ is the similarity module's own attention recorded from its probe while it scores
 (the last word x region record for RCAR, whose final attention uses the learned regulators).
 For an image-to-text model the region -> word weights are transposed and each word's row is
 renormalised over the regions (``attention.meta["derived"]`` says so).
+
+Gradient attributions (``region_forward``): the similarity of the example's image and caption as
+a function of the image's encoded region features (``encode_images``, the features the
+similarity attends over). Read zero-baseline integrated gradients with care here: the relevance
+is a cosine with the attended context, which does not change when the context is scaled, so the
+similarity jumps to 0 only at the all-zero image. Completeness fails (the attributions sum to
+``f(x) - lim f(a x)`` as ``a -> 0``, not ``f(x) - f(0)``), and the path integrand has a ``1 / a``
+part near the baseline (summing to 0 over the regions), so the attributions grow with the number
+of steps. Where the attention is scale invariant too (SCAN with ``dot``, ``scaled_dot``,
+``cosine`` or ``general`` scores, clipped-l2-normalised over the words), ``f(a x) = f(x)``:
+input x gradient sums to 0 over the regions and integrated gradients is input x gradient times
+a constant of the quadrature, with the same ranks; with ``additive``, ``biased_general`` or
+``activated_general`` scores its ranks drift slowly with the steps (mean Kendall tau against 256
+steps on the demo models: 0.98-0.99 at 64 steps).
 """
 from __future__ import annotations
 
@@ -30,7 +44,7 @@ from ..models.retrieval import contrastive_loss, recall_metrics
 from ..train.checkpoint import has_checkpoint, load_checkpoint, read_config, read_state
 from ..train.config import MatchingConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
-from .base import REMOVALS, AnalysisExample, ScoreFn
+from .base import REMOVALS, AnalysisExample, PresetConfigs, RegionForward, ScoreFn
 from .common import (caption_targets, check_keep, record_probes, region_word_to_word_region, remove_regions,
                      word_region_map)
 
@@ -103,20 +117,11 @@ def _alignment_options(cfg: MatchingConfig, alignment: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- the task
-class MatchingTask:
+class MatchingTask(PresetConfigs):
     """SCAN / SCAN+RCAR matching on the scenes (see the module docstring)."""
 
     name = "matching"
     config_class = MatchingConfig
-
-    def default_config(self, preset: str = "demo") -> dict:
-        """The preset's config as a plain dict (``quick``, ``demo``, ``full``)."""
-        return MatchingConfig.preset(preset).to_dict()
-
-    def resolve_config(self, config: dict | None) -> MatchingConfig:
-        """A full config: the demo preset overridden by ``config`` (which may be complete)."""
-        config = {k: v for k, v in dict(config or {}).items() if k not in ("alignment", "seed", "vocabulary")}
-        return MatchingConfig.resolve("demo", config)
 
     def build_model(self, cfg: MatchingConfig, *, alignment: str, vocab_size: int) -> MatchingModel:
         return MatchingModel(vocab_size, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim, alignment=alignment,
@@ -339,6 +344,31 @@ class MatchingTask:
             return out
 
         return score
+
+    def region_forward(self, model: MatchingModel, example: AnalysisExample) -> RegionForward:
+        """``forward(features [N, R, D]) -> [N]``: the similarity of the example's caption with its
+        image whose encoded region features are ``features`` (``inputs``: the image's own,
+        ``[1, R, D]``); ``forward(inputs)`` is ``example.output`` (module docstring)."""
+        vocab = _vocab(model)
+        dev = _device_of(model)
+        model.eval()
+        image = torch.from_numpy(np.array(example.image)).permute(2, 0, 1)[None].float().div(255.0)
+        boxes = torch.from_numpy(np.asarray(example.regions.boxes, dtype=np.float32))[None]
+        valid = torch.from_numpy(np.asarray(example.region_valid, dtype=bool))[None].to(dev)
+        ids = torch.tensor([vocab.encode(example.tokens)], dtype=torch.long, device=dev)
+        lengths = torch.tensor([ids.shape[1]], device=dev)
+        with torch.no_grad():
+            feats = model.encode_images(image.to(dev), boxes.to(dev), valid)
+            cap = model.encode_captions(ids, lengths)
+
+        def forward(features: torch.Tensor) -> torch.Tensor:
+            if features.ndim != 3 or tuple(features.shape[1:]) != tuple(feats.shape[1:]):
+                raise ShapeError(f"region_forward of {example.example_id}: features must be [N, "
+                                 f"{feats.shape[1]}, {feats.shape[2]}], got {tuple(features.shape)}")
+            mask = valid.expand(len(features), -1)
+            return model.similarity_from_features(features, cap, lengths, mask)[:, 0]
+
+        return RegionForward(forward, feats.detach(), valid[0].cpu())
 
 
 def matching_task() -> MatchingTask:

@@ -26,6 +26,13 @@ circle") with the answer's boxes.
 Faithfulness (``scorer``): the softmax probability of the model's own predicted answer (on the
 full input) when only the kept regions remain, removal ``mask`` / ``zero`` / ``mean``; all rows
 are scored in batched forwards of the attention + classifier on cached features.
+
+Gradient attributions (``region_forward``): the same probability as a function of the region
+(scenes) or grid-cell (easy-VQA) features the question attends over. The probability, not its
+logarithm or the logit: it is the output the scorer, the leave-one-out importance and the
+deletion curves measure, so all agreement rows explain one output. (Input x gradient ranks the
+regions the same for the log-probability, since ``grad p = p grad log p``; integrated gradients
+may not.)
 """
 from __future__ import annotations
 
@@ -43,7 +50,7 @@ from ..train.checkpoint import load_checkpoint, read_config
 from ..train.config import TrainConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
-from .base import REMOVALS, AnalysisExample, GroundingTarget, ScoreFn
+from .base import REMOVALS, AnalysisExample, GroundingTarget, PresetConfigs, RegionForward, ScoreFn
 from .common import check_keep, record_probes, word_region_map
 
 DATASETS = ("scenes", "easy_vqa")
@@ -253,19 +260,12 @@ def accuracy(model: VQAModel, data: dict) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the task
-class VQATask:
+class VQATask(PresetConfigs):
     """VQA with question-guided attention (see the module docstring)."""
 
     name = "vqa"
     config_class = VQAConfig
-
-    def default_config(self, preset: str = "demo") -> dict:
-        """The preset's config as a plain dict (``quick``, ``demo``, ``full``)."""
-        return VQAConfig.preset(preset).to_dict()
-
-    def resolve_config(self, config: dict | None) -> VQAConfig:
-        skip = ("alignment", "seed", "vocabulary", "answer_names")
-        return VQAConfig.resolve("demo", {k: v for k, v in dict(config or {}).items() if k not in skip})
+    run_keys = PresetConfigs.run_keys + ("answer_names",)
 
     def build_model(self, cfg: VQAConfig, *, alignment: str, vocab_size: int, n_answers: int) -> VQAModel:
         image = "regions" if cfg.dataset == "scenes" else "grid"
@@ -435,6 +435,37 @@ class VQATask:
             return out
 
         return score
+
+    def region_forward(self, model: VQAModel, example: AnalysisExample) -> RegionForward:
+        """``forward(features [N, R, D]) -> [N]``: the probability of the model's own predicted
+        answer (``meta["prediction_index"]``) when the question attends over ``features``
+        (``inputs``: the example's region or grid-cell features, ``[1, R, D]``); ``forward(inputs)``
+        is ``example.output`` (module docstring)."""
+        cfg, _, _ = self._config_and_vocab(model, None)
+        dev = _device_of(model)
+        model.eval()
+        raw = [np.asarray(example.image)]
+        if model.image_kind == "grid":
+            images = prepare_images(raw, cfg.input_size)
+        else:
+            images = torch.from_numpy(np.stack(raw)).permute(0, 3, 1, 2).float().div(255.0)
+        boxes = torch.from_numpy(np.asarray(example.regions.boxes, np.float32))[None]
+        valid = torch.from_numpy(np.asarray(example.region_valid, bool))[None]
+        ids = torch.tensor([example.meta["question_ids"]], dtype=torch.long, device=dev)
+        with torch.no_grad():
+            feats, valid = model.encode_image(images.to(dev), boxes.to(dev), valid.to(dev))
+            _, q = model.question(ids, torch.tensor([ids.shape[1]], device=dev))
+        pred = int(example.meta["prediction_index"])
+
+        def forward(features: torch.Tensor) -> torch.Tensor:
+            if features.ndim != 3 or tuple(features.shape[1:]) != tuple(feats.shape[1:]):
+                raise ShapeError(f"region_forward of {example.example_id}: features must be [N, "
+                                 f"{feats.shape[1]}, {feats.shape[2]}], got {tuple(features.shape)}")
+            n = len(features)
+            logits = model.answer(q.expand(n, -1), features, valid.expand(n, -1)).logits
+            return logits.softmax(-1)[:, pred]
+
+        return RegionForward(forward, feats.detach(), valid[0].cpu())
 
 
 def _pick_questions(data: dict, n: int) -> list[tuple[int, int]]:
