@@ -121,3 +121,20 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **savefig_kwargs)
     return path
+
+
+def file_digests(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of a file, or of every file below a directory (hidden ones skipped), keyed by the
+    path relative to the directory (the file's name for a file)."""
+    import hashlib
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    out = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name if path.is_file() else str(f.relative_to(path))] = h.hexdigest()
+    return out

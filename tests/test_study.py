@@ -314,3 +314,27 @@ def test_curve_gaps_against_random_order(study):
     m = study.metrics.set_index(["alignment", "metric"])
     assert m.loc[("dot", "deletion_gap"), "mean"] > 0
     assert bool(m.loc[("dot", "insertion_gap"), "higher_is_better"])
+
+
+def test_a_replaced_checkpoint_makes_its_unit_stale(tmp_path):
+    """Resume keys on the weights too: retraining a checkpoint in place (or another checkpoint
+    appearing where the study looks) recomputes that unit only."""
+    from safetensors.torch import load_file, save_file
+
+    ck = tmp_path / "ck"
+    for a in ("dot", "general"):
+        FakeTask().train(alignment=a, seed=0, out_dir=ck / f"fake-{a}-seed0")
+    kw = dict(preset="quick", tasks=["fake"], alignments=["dot", "general"], checkpoints=ck, progress=False,
+              n_boot=200, n_examples=6)
+    first = run_study(tmp_path / "st", **kw)
+    assert sorted(first.ran) == ["fake/dot/seed0", "fake/general/seed0"]
+    assert run_study(tmp_path / "st", **kw).ran == []
+    weights = ck / "fake-general-seed0" / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()}, str(weights))
+    res = run_study(tmp_path / "st", **kw)
+    assert res.ran == ["fake/general/seed0"] and res.reused == ["fake/dot/seed0"]
+    moved = tmp_path / "ck2"
+    (ck / "fake-dot-seed0").rename(moved)  # the study now finds no checkpoint for dot: it trains one
+    res = run_study(tmp_path / "st", **{**kw, "checkpoints": ck})
+    assert "fake/dot/seed0" in res.ran and "fake/general/seed0" in res.reused

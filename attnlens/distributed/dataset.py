@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError, ShapeError, UnknownNameError
-from ..io import atomic_path, save_dataframe, write_json, write_text
+from ..io import atomic_path, file_digests, save_dataframe, write_json, write_text
 
 __all__ = ["ENGINES", "OUTPUTS", "capture_dataset", "shard_plan", "job_done"]
 
@@ -104,21 +104,6 @@ def _get_task(task):
 
         return get_task(task)
     return task
-
-
-def _checkpoint_digest(checkpoint: Path) -> dict[str, str]:
-    """sha256 of every file of the checkpoint directory (or of the file itself)."""
-    checkpoint = Path(checkpoint)
-    files = [checkpoint] if checkpoint.is_file() else sorted(p for p in checkpoint.rglob("*")
-                                                             if p.is_file() and not p.name.startswith("."))
-    out = {}
-    for p in files:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        out[p.name if checkpoint.is_file() else str(p.relative_to(checkpoint))] = h.hexdigest()
-    return out
 
 
 def _fingerprint(data: dict) -> str:
@@ -405,7 +390,7 @@ def capture_dataset(task, checkpoint: str | Path, out: str | Path, *, split: str
     sett = {k: getattr(settings, k) for k in ("removal", "steps", "n_subsets", "agreement")}
     sett["gradient_agreement"] = tuple(getattr(settings, "gradient_agreement", ()))
     columns = dict(columns or {})
-    base = {"format": FORMAT, "task": _task_name(task), "checkpoint": _checkpoint_digest(checkpoint), "split": split,
+    base = {"format": FORMAT, "task": _task_name(task), "checkpoint": file_digests(checkpoint), "split": split,
             "config": config, "metrics": bool(metrics), "settings": sett if metrics else None,
             "baselines": bool(baselines) if metrics else None, "device": str(device), "columns": columns}
     key = _fingerprint(base)

@@ -125,7 +125,7 @@ def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None
     if engine == "ray":
         from .ray_engine import run_units_ray
 
-        done = {u.key for u in units if resume and unit_done(out, u, config)}
+        done = {u.key for u in units if resume and unit_done(out, u, config, checkpoints)}
         todo = [u for u in units if u.key not in done]
         fresh = dict(zip([u.key for u in todo], run_units_ray(todo, out, config, device=device,
                                                              checkpoints=checkpoints, address=address,
@@ -140,7 +140,7 @@ def run_study(out: str | Path, preset: str = "demo", tasks: Sequence[str] | None
     bar = tqdm(units if engine == "local" else [], desc="study", unit="unit", disable=not progress)
     for unit in bar:
         bar.set_postfix_str(unit.key)
-        if resume and unit_done(out, unit, config):
+        if resume and unit_done(out, unit, config, checkpoints):
             records.append(json.loads((unit.dir(out) / "DONE.json").read_text()))
             reused.append(unit.key)
             continue

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_path, save_dataframe, write_json
+from ..io import atomic_path, file_digests, save_dataframe, write_json
 from ..tasks.base import AnalysisExample, get_task
 from .config import StudyConfig
 from .example_metrics import example_scorer
 
-__all__ = ["Unit", "DONE", "run_unit", "unit_done", "unit_fingerprint", "find_checkpoint", "clean_partials", "save_examples",
+__all__ = ["Unit", "DONE", "run_unit", "unit_done", "unit_fingerprint", "checkpoint_digest", "find_checkpoint", "clean_partials", "save_examples",
            "load_examples", "resolve_device"]
 
 DONE = "DONE.json"
@@ -77,18 +77,44 @@ def unit_fingerprint(unit: Unit, cfg: StudyConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def unit_done(out: str | Path, unit: Unit, cfg: StudyConfig | None = None) -> bool:
-    """True when the unit's directory holds its done-marker (made with the same settings, when
-    ``cfg`` is given)."""
+def checkpoint_digest(checkpoint: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) over the files of a checkpoint directory (names and bytes)."""
+    import hashlib
+
+    digests = file_digests(checkpoint)
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ANY = object()
+
+
+def unit_done(out: str | Path, unit: Unit, cfg: StudyConfig | None = None, checkpoints=_ANY) -> bool:
+    """True when the unit's directory holds its done-marker, made with the same settings (when
+    ``cfg`` is given) and from the same weights: the checkpoint it used still has the digest it
+    recorded, and (when ``checkpoints`` is given) a unit made from a shipped checkpoint would still
+    find that same checkpoint. A retrained or replaced checkpoint therefore makes the unit stale.
+    Records written before digests were kept are judged by their settings alone."""
     marker = unit.dir(out) / DONE
     if not marker.is_file():
         return False
     if cfg is None:
         return True
     try:
-        return json.loads(marker.read_text()).get("fingerprint") == unit_fingerprint(unit, cfg)
+        record = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    if record.get("fingerprint") != unit_fingerprint(unit, cfg):
+        return False
+    digest = record.get("checkpoint_sha256")
+    if digest is None:
+        return True
+    used = Path(str(record.get("checkpoint", "")))
+    if not used.is_dir() or checkpoint_digest(used) != digest:
+        return False
+    if checkpoints is not _ANY and not record.get("trained"):
+        found = find_checkpoint(checkpoints, unit)
+        return found is not None and found.resolve() == used.resolve()
+    return True
 
 
 def clean_partials(out: str | Path) -> list[Path]:
@@ -252,7 +278,8 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
             n_done = len(examples)
         timings["total"] = time.perf_counter() - t_all
         record = {"task": unit.task, "alignment": unit.alignment, "seed": unit.seed, "task_metrics": perf,
-                  "checkpoint": str(ckpt), "trained": trained, "skipped_checkpoint": skipped,
+                  "checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_digest(ckpt), "trained": trained,
+                  "skipped_checkpoint": skipped,
                   "config": conf, "timings": timings,
                   "model_info": _model_info(model, norms), "n_examples": n_done,
                   "fingerprint": unit_fingerprint(unit, cfg),
