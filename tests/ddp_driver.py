@@ -8,12 +8,11 @@
    writes the type of the module its loss function was given to ``OUT/net<r>.txt``;
 2. each rank writes the hash of its parameters to ``OUT/rank<r>.sha256``;
 3. the sync check must catch a parameter changed on rank 1 only (``OUT/desync_caught<r>``);
-4. a two-argument loss function (which would bypass DDP) is refused (``OUT/legacy_refused<r>``);
-5. ``bn_fit(OUT/bn)``: a toy with a ``BatchNorm1d`` (its running statistics must end equal on
+4. ``bn_fit(OUT/bn)``: a toy with a ``BatchNorm1d`` (its running statistics must end equal on
    the ranks);
-6. ``generation_fit(OUT/generation)``: the generation task (a mean-reduced pixel loss, Adam,
+5. ``generation_fit(OUT/generation)``: the generation task (a mean-reduced pixel loss, Adam,
    gradient clipping) on ``GENERATION_CONFIG``;
-7. ``python -m attnlens.train`` (its ``main``) trains the quick matching config for 2 epochs
+6. ``python -m attnlens.train`` (its ``main``) trains the quick matching config for 2 epochs
    into ``OUT/matching``.
 
 ``... tests/ddp_driver.py OUT tasks`` (the slow test) trains the quick VQA config (batch norm,
@@ -124,7 +123,6 @@ def main(out: str) -> int:
     import torch.distributed as dist
 
     from attnlens.distributed import ddp
-    from attnlens.train import fit
     from attnlens.train.__main__ import main as train_main
 
     out = Path(out)
@@ -141,12 +139,6 @@ def main(out: str) -> int:
     except ddp.DistributedError:
         (out / f"desync_caught{rank}").write_text("yes")
     dist.barrier()
-    legacy = nn.Linear(1, 1)
-    try:
-        fit(legacy, torch.optim.SGD(legacy.parameters(), lr=0.1), run_dir=out / "legacy", config={}, epochs=1,
-            seed=0, batches=lambda e, g: [torch.zeros(4, 1)], loss_fn=lambda b, e: legacy(b).sum(), progress=False)
-    except ddp.DistributedError as err:
-        (out / f"legacy_refused{rank}").write_text(str(err))
     bn_fit(out / "bn")
     generation_fit(out / "generation")
     return train_main(["--task", "matching", "--alignment", "dot", "--preset", "quick", "--out",

@@ -59,8 +59,8 @@ def _train(run_dir, *, seed=0, epochs=3, resume=True, width=8, config=None):
         order = torch.randperm(len(X), generator=gen)
         return [order[a:a + 8] for a in range(0, len(X), 8)]
 
-    def loss_fn(idx, epoch):
-        return ((model(X[idx]) - Y[idx]) ** 2).mean()
+    def loss_fn(idx, epoch, net):
+        return ((net(X[idx]) - Y[idx]) ** 2).mean()
 
     def evaluate():
         return {"mse": float(((model(X) - Y) ** 2).mean())}
@@ -204,4 +204,4 @@ def test_non_finite_gradients_stop_training_with_names(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(FloatingPointError, match="non-finite gradients at epoch 1 in w"):
         loop.fit(model, opt, run_dir=tmp_path, config={}, epochs=1, seed=0, batches=lambda e, g: [torch.zeros(3)],
-                 loss_fn=lambda b, e: model(b), progress=False)
+                 loss_fn=lambda b, e, net: net(b), progress=False)

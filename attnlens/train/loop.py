@@ -15,7 +15,6 @@ which also says where the results differ from a single-process run).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import random
 import time
@@ -100,17 +99,6 @@ def config_diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def _takes_net(loss_fn: Callable) -> bool:
-    """Whether ``loss_fn`` accepts ``(batch, epoch, net)`` (else it is the older ``(batch, epoch)``)."""
-    try:
-        inspect.signature(loss_fn).bind(None, None, None)
-    except TypeError:
-        return False
-    except ValueError:  # no signature to inspect (some builtins): assume the current contract
-        return True
-    return True
-
-
 def _probe_unused(model: nn.Module, loss_fn: Callable, data: Iterable[Any], epoch: int, rank: int,
                   world: int) -> list[str] | None:
     """Trainable parameters that the loss of the first shardable batch of ``data`` leaves without
@@ -141,9 +129,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
             the loss must call: ``model`` itself in a plain run, ``model`` wrapped in
             ``DistributedDataParallel`` under ``torchrun`` (only forwards through the wrapper
             have their gradients averaged over the ranks). The loop does backward, clipping
-            and the step. A two-argument ``(batch, epoch)`` loss that calls ``model`` directly
-            is still accepted in a plain run; under ``torchrun`` it raises
-            :class:`~attnlens.distributed.DistributedError`.
+            and the step.
         evaluate: ``() -> metrics`` called in eval mode under ``no_grad`` every ``eval_every``
             epochs (0: only after the last epoch) and after the last epoch.
         lr_at: learning rate for an epoch (set on every parameter group at the epoch's start).
@@ -175,11 +161,6 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
     run_dir = Path(run_dir)
     first = next(iter(model.parameters()), None)
     rank, world = _ddp.init_from_env(first.device if first is not None else "cpu")
-    takes_net = _takes_net(loss_fn)
-    if world > 1 and not takes_net:
-        raise _ddp.DistributedError(f"under torchrun (world size {world}) loss_fn must take the module to call as "
-                                    "a third argument, (batch, epoch, net), so that its forward runs through "
-                                    "DistributedDataParallel")
     progress = progress and rank == 0
     start, history, seconds = 0, [], 0.0
     if resume and has_checkpoint(run_dir):
@@ -205,7 +186,6 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
             unused = _probe_unused(model, loss_fn, batches(start, epoch_generator(seed, start)), start, rank, world)
             find_unused_parameters = unused is None or bool(unused)  # nothing to probe: the safe choice
         net = _ddp.wrap(model, find_unused_parameters=find_unused_parameters)  # copies rank 0's weights
-    call_loss = (lambda b, e: loss_fn(b, e, net)) if takes_net else loss_fn
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         if lr_at is not None:
@@ -221,7 +201,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir: str | Pa
                 if _ddp.batch_size(batch) < world:  # every rank sees the same global batch: same decision
                     continue
                 batch = _ddp.shard_batch(batch, rank, world)
-            loss = call_loss(batch, epoch)
+            loss = loss_fn(batch, epoch, net)
             loss_value = _ddp.mean_over_ranks(float(loss.detach()), world, loss.device)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite training loss {loss_value} at epoch {epoch + 1}")
