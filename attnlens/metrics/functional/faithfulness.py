@@ -161,7 +161,11 @@ def perturbation_curves(score: ScoreFn, importance, *, valid=None, modes: Sequen
             keys.append((m, o))
     keep = torch.cat(keeps)
     index = torch.arange(n, device=imp.device).repeat_interleave(len(fr)).repeat(len(keys))
-    y = score_rows(score, keep, index, batch_size, progress, "curves").reshape(len(keys), n, len(fr))
+    # the curves share kept sets (every curve's ends: all kept / none kept; deletion-MoRF at f and
+    # insertion-LeRF at 1 - f when the orders are exact reverses): score each (example, set) once
+    rows, inverse = torch.unique(torch.cat([index[:, None], keep.long()], dim=1), dim=0, return_inverse=True)
+    y = score_rows(score, rows[:, 1:].bool(), rows[:, 0], batch_size, progress, "curves")
+    y = y[inverse.cpu()].reshape(len(keys), n, len(fr))
     return {key: Curve(fr, y[i], curve_auc(y[i], fr), key[0], key[1]) for i, key in enumerate(keys)}
 
 
