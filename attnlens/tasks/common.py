@@ -114,6 +114,18 @@ def record_probes(model: nn.Module) -> Iterator[list[tuple[str, ProbeRecord]]]:
             h.remove()
 
 
+def scorer_regions(examples: Sequence, removal: str) -> int:
+    """Validate a scorer's examples and removal mode; returns their common region count ``R``."""
+    if removal not in REMOVALS:
+        raise UnknownNameError("removal", removal, REMOVALS)
+    if not examples:
+        raise ShapeError("scorer needs at least one example")
+    sizes = {len(e.regions) for e in examples}
+    if len(sizes) != 1:
+        raise ShapeError(f"examples have different region counts {sorted(sizes)}")
+    return sizes.pop()
+
+
 def check_keep(keep: torch.Tensor, index: torch.Tensor, n_examples: int, n_regions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a scorer's ``keep [M, R]`` (bool) and ``index [M]`` (long); returns them on CPU."""
     keep, index = torch.as_tensor(keep), torch.as_tensor(index)

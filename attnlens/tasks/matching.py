@@ -44,9 +44,9 @@ from ..models.retrieval import contrastive_loss, recall_metrics
 from ..train.checkpoint import has_checkpoint, load_checkpoint, read_config, read_state
 from ..train.config import MatchingConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
-from .base import REMOVALS, AnalysisExample, PresetConfigs, RegionForward, ScoreFn
+from .base import AnalysisExample, PresetConfigs, RegionForward, ScoreFn
 from .common import (caption_targets, check_keep, record_probes, region_word_to_word_region, remove_regions,
-                     word_region_map)
+                     scorer_regions, word_region_map)
 
 
 # ----------------------------------------------------------------------------- data
@@ -302,14 +302,7 @@ class MatchingTask(PresetConfigs):
         with only the kept regions, and its caption (see the module docstring of
         :mod:`attnlens.tasks.common` for the removal modes). A row that keeps no region is scored
         on an all-zero image (the model's output when nothing is left to attend to)."""
-        if removal not in REMOVALS:
-            raise UnknownNameError("removal", removal, REMOVALS)
-        if not examples:
-            raise ShapeError("scorer needs at least one example")
-        sizes = {len(e.regions) for e in examples}
-        if len(sizes) != 1:
-            raise ShapeError(f"examples have different region counts {sorted(sizes)}")
-        R = sizes.pop()
+        R = scorer_regions(examples, removal)
         vocab = _vocab(model)
         dev = _device_of(model)
         model.eval()

@@ -50,8 +50,8 @@ from ..train.checkpoint import load_checkpoint, read_config
 from ..train.config import TrainConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
-from .base import REMOVALS, AnalysisExample, GroundingTarget, PresetConfigs, RegionForward, ScoreFn
-from .common import check_keep, record_probes, word_region_map
+from .base import AnalysisExample, GroundingTarget, PresetConfigs, RegionForward, ScoreFn
+from .common import check_keep, record_probes, scorer_regions, word_region_map
 
 DATASETS = ("scenes", "easy_vqa")
 EASY_VQA_SIZE = 64
@@ -397,14 +397,7 @@ class VQATask(PresetConfigs):
     def scorer(self, model: VQAModel, examples: Sequence[AnalysisExample], *, removal: str = "mask") -> ScoreFn:
         """``score(keep [M, R], index [M]) -> [M]``: probability of the model's own predicted answer
         (``meta["prediction_index"]``) for example ``index[m]`` with only the kept regions."""
-        if removal not in REMOVALS:
-            raise UnknownNameError("removal", removal, REMOVALS)
-        if not examples:
-            raise ShapeError("scorer needs at least one example")
-        sizes = {len(e.regions) for e in examples}
-        if len(sizes) != 1:
-            raise ShapeError(f"examples have different region counts {sorted(sizes)}")
-        R = sizes.pop()
+        R = scorer_regions(examples, removal)
         cfg, _, _ = self._config_and_vocab(model, None)
         dev = _device_of(model)
         model.eval()
