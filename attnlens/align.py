@@ -43,15 +43,20 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def check_features(name: str, t) -> None:
+    """``t`` must be a floating-point ``[items, length, dim]`` tensor (errors name ``name``)."""
+    if not isinstance(t, torch.Tensor):
+        raise DTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 3:
+        raise ShapeError(f"{name} must be [items, length, dim], got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise DTypeError(f"{name} must be floating point, got {t.dtype} (shape {tuple(t.shape)})")
+
+
 def check_pair(query: torch.Tensor, key: torch.Tensor, *, batched: bool = True, key_dim: int | None = None):
     """Validate ``query [B, Lq, D]`` and ``key [B, Lk, D]`` (or unbatched pairwise inputs)."""
-    for name, t in (("query", query), ("key", key)):
-        if not isinstance(t, torch.Tensor):
-            raise DTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.ndim != 3:
-            raise ShapeError(f"{name} must be [items, length, dim], got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise DTypeError(f"{name} must be floating point, got {t.dtype}")
+    check_features("query", query)
+    check_features("key", key)
     if query.dtype != key.dtype:
         raise DTypeError(f"query is {query.dtype} but key is {key.dtype}; convert one of them")
     if batched and query.shape[0] != key.shape[0]:

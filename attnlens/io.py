@@ -138,3 +138,25 @@ def file_digests(path: str | os.PathLike) -> dict[str, str]:
                 h.update(block)
         out[f.name if path.is_file() else str(f.relative_to(path))] = h.hexdigest()
     return out
+
+
+def publish_dir(staging: str | os.PathLike, final: str | os.PathLike, *, keep_existing=None) -> Path:
+    """Move the complete directory ``staging`` to ``final`` (one rename when ``final`` is absent).
+
+    A directory already at ``final`` is replaced, unless ``keep_existing(final)`` says it is a
+    finished copy (e.g. written by a retried task), which is then kept and ``staging`` dropped.
+    """
+    import shutil
+
+    final = Path(final)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if not final.exists():
+            raise
+        if keep_existing is not None and keep_existing(final):
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            shutil.rmtree(final)
+            os.replace(staging, final)
+    return final

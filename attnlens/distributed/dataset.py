@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError, ShapeError, UnknownNameError
-from ..io import atomic_path, file_digests, save_dataframe, write_json, write_text
+from ..io import atomic_path, file_digests, publish_dir, save_dataframe, write_json, write_text
 
 __all__ = ["ENGINES", "OUTPUTS", "capture_dataset", "shard_plan", "job_done"]
 
@@ -181,14 +181,8 @@ def _compute_shard(job: _Job, start: int, stop: int, model=None) -> dict:
                "example_ids": [e.example_id for e in examples], "probe_max": max(record) if record else None,
                "seconds": {"examples": t_examples, "total": time.perf_counter() - t0}, "pid": os.getpid()}
         write_json(staging / SHARD, rec)
-        try:
-            os.replace(staging, final)
-        except OSError:  # a finished copy is there already (a retried task) or a stale one
-            if _shard_record(final, job.key) is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                shutil.rmtree(final)
-                os.replace(staging, final)
+        # a finished copy may be there already (a retried task): keep it; a stale one is replaced
+        publish_dir(staging, final, keep_existing=lambda d: _shard_record(d, job.key) is not None)
         return rec
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -38,7 +38,7 @@ import math
 import torch
 from torch import nn
 
-from ..align import Bilinear
+from ..align import Bilinear, check_features
 from ..errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
 from .attention import CrossAttention
 
@@ -67,13 +67,8 @@ def check_inputs(images, captions, lengths, image_mask=None, *, dim: int | None 
         DTypeError: non-tensors, non-float features, mixed dtypes, non-integer lengths.
         NonFiniteError: NaN or inf in a real (non-padded) position.
     """
-    for name, t in (("images", images), ("captions", captions)):
-        if not isinstance(t, torch.Tensor):
-            raise DTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.ndim != 3:
-            raise ShapeError(f"{name} must be [n, length, dim], got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise DTypeError(f"{name} must be floating point, got {t.dtype} (shape {tuple(t.shape)})")
+    check_features("images", images)
+    check_features("captions", captions)
     if images.dtype != captions.dtype:
         raise DTypeError(f"images {tuple(images.shape)} are {images.dtype} but captions "
                          f"{tuple(captions.shape)} are {captions.dtype}; convert one of them")

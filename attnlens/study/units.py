@@ -23,7 +23,6 @@ mid-analysis resumes from its finished shards; the files are the same, bit for b
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_path, file_digests, save_dataframe, write_json
+from ..io import atomic_path, file_digests, publish_dir, save_dataframe, write_json
 from ..tasks.base import AnalysisExample, get_task
 from .config import StudyConfig
 from .example_metrics import example_scorer
@@ -285,9 +284,7 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
                   "fingerprint": unit_fingerprint(unit, cfg),
                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json(staging / DONE, record)
-        if final.exists():  # a stale directory without a done-marker (or a forced rerun)
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        publish_dir(staging, final)  # replaces a stale directory without a done-marker (or a forced rerun)
         return record
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
