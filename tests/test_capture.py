@@ -432,3 +432,29 @@ def test_store_rejects_bad_options():
         MapStore(fmt="pickle")
     with pytest.raises(CaptureError, match="memory_budget"):
         MapStore(memory_budget=-1)
+
+
+def test_grad_mode_keeps_maps_in_the_graph():
+    from attnlens.models import CrossAttention
+
+    torch.manual_seed(0)
+    attn = CrossAttention("general", 8)
+    words, regions = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    with attnlens.capture(attn, grad=True) as rec:
+        out = attn(words, regions)
+    weights = rec.maps[0].weights
+    assert weights.requires_grad and weights is out.weights
+    (grad,) = torch.autograd.grad(out.context.sum(), [weights])
+    # context = weights @ values (values = regions): d sum(context) / d w[b, q, k] = sum(values[b, k])
+    expected = regions.sum(-1)[:, None, :].expand(-1, 3, -1)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    with attnlens.capture(attn) as rec:
+        attn(words, regions)
+    assert not rec.maps[0].weights.requires_grad
+
+
+def test_grad_mode_refuses_a_memory_budget():
+    from attnlens.models import CrossAttention
+
+    with pytest.raises(attnlens.errors.CaptureError, match="memory_budget"):
+        attnlens.capture(CrossAttention("dot", 4), grad=True, memory_budget=10)

@@ -13,7 +13,8 @@ Inside the context the model runs unchanged; forward hooks on the chosen sites (
 :class:`~attnlens.attention_map.AttentionMap`. Every hook handle is removed in ``finally``,
 whether the block ends normally or with an exception.
 
-Maps are detached (and on the CPU with ``to_cpu``). Padded queries (masked by the site) have
+Maps are detached (and on the CPU with ``to_cpu``), unless ``grad=True`` keeps them in the
+autograd graph for gradient-based explanations. Padded queries (masked by the site) have
 all-zero rows and padded keys zero weight; the masks themselves are not kept.
 
 Each map's ``meta`` gets ``call_index`` (position among all recorded calls) and
@@ -182,7 +183,10 @@ class Capture:
                  reduce_heads: str | None = None, keep_scores: bool = True, to_cpu: bool = True,
                  memory_budget: int | None = None, spill_dir=None, spill_format: str = "safetensors",
                  tokens: Sequence[str] | None = None, regions=None, region_meta: Mapping[str, Any] | None = None,
-                 strict: bool = True):
+                 strict: bool = True, grad: bool = False):
+        if grad and memory_budget is not None:
+            raise CaptureError("grad=True keeps each map in the autograd graph; it cannot spill to disk, so "
+                               f"memory_budget must be None (got {memory_budget})")
         if reduce_heads not in (None, "mean", "max"):
             raise CaptureError(f"reduce_heads must be None, 'mean' or 'max', got {reduce_heads!r}")
         self.model = model
@@ -195,6 +199,7 @@ class Capture:
         self.queries = None if queries is None else torch.as_tensor(queries, dtype=torch.long).reshape(-1)
         self.layers = None if layers is None else {int(x) for x in layers}
         self.reduce_heads, self.keep_scores, self.to_cpu, self.strict = reduce_heads, keep_scores, to_cpu, strict
+        self.grad = bool(grad)
         if isinstance(tokens, str):
             tokens = tokens.split()
         self.tokens = None if tokens is None else tuple(str(t) for t in tokens)
@@ -262,8 +267,10 @@ class Capture:
         if self.layers is not None and layer is not None and layer not in self.layers:
             return
         dims = tuple(record.dims)
-        weights = record.weights.detach()
-        scores = record.scores.detach() if self.keep_scores and record.scores is not None else None
+        weights = record.weights if self.grad else record.weights.detach()
+        scores = None
+        if self.keep_scores and record.scores is not None:
+            scores = record.scores if self.grad else record.scores.detach()
         if self.heads is not None or self.reduce_heads is not None:
             if "head" not in dims:
                 raise CaptureError(f"site {site!r} gives maps with dims {dims}: no 'head' axis for "
@@ -293,7 +300,7 @@ class Capture:
             weights = weights.index_select(ax, idx)
             scores = None if scores is None else scores.index_select(ax, idx)
             meta["queries"] = self.queries.tolist()
-        if self.to_cpu:
+        if self.to_cpu and not self.grad:
             weights = weights.cpu()
             scores = None if scores is None else scores.cpu()
         meta["call_index"] = len(self.store)
@@ -334,7 +341,7 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
             reduce_heads: str | None = None, keep_scores: bool = True, to_cpu: bool = True,
             memory_budget: int | None = None, spill_dir=None, spill_format: str = "safetensors",
             tokens: Sequence[str] | None = None, regions=None, region_meta: Mapping[str, Any] | None = None,
-            strict: bool = True) -> Capture:
+            strict: bool = True, grad: bool = False) -> Capture:
     """Record the attention maps of ``model`` while it runs inside a ``with`` block.
 
     Args:
@@ -360,6 +367,10 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
             side (see :func:`attnlens.capture.patches.patch_boxes`).
         strict: raise :class:`CaptureError` when the block ends normally and a chosen site never
             produced weights (with ``sites=None``: when no site did).
+        grad: keep each map's tensors in the autograd graph (not detached, left on their
+            device), so that gradients of the model's output with respect to the attention
+            weights can be taken (``torch.autograd.grad(out, [m.weights for m in rec.maps])``);
+            used by :mod:`attnlens.explain`. Needs ``memory_budget=None``.
 
     Returns:
         A context manager whose ``__enter__`` returns the :class:`Recorder`.
@@ -374,4 +385,4 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
     return Capture(model, sites, heads=heads, queries=queries, layers=layers, reduce_heads=reduce_heads,
                    keep_scores=keep_scores, to_cpu=to_cpu, memory_budget=memory_budget, spill_dir=spill_dir,
                    spill_format=spill_format, tokens=tokens, regions=regions, region_meta=region_meta,
-                   strict=strict)
+                   strict=strict, grad=grad)
