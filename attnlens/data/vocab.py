@@ -19,6 +19,7 @@ from ..errors import FormatError, UnknownNameError
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 _WORD_ONLY = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_WORD_ANY_CASE = re.compile(_WORD.pattern.replace("a-z", "a-zA-Z"))
 
 
 def simple_tokenize(text: str, *, punctuation: bool = True) -> list[str]:
@@ -33,6 +34,15 @@ def simple_tokenize(text: str, *, punctuation: bool = True) -> list[str]:
     ['what', 'is', 'the', 'blue', 'shape']
     """
     return (_WORD if punctuation else _WORD_ONLY).findall(text.lower())
+
+
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """:func:`simple_tokenize`'s tokens with their ``(start, end)`` character spans in ``text``.
+
+    >>> word_spans("The left Cat.")
+    [('the', 0, 3), ('left', 4, 8), ('cat', 9, 12), ('.', 12, 13)]
+    """
+    return [(m.group(0).lower(), m.start(), m.end()) for m in _WORD_ANY_CASE.finditer(text)]
 
 
 class Vocabulary:
