@@ -1,5 +1,6 @@
 """Helpers shared by the tasks: grounding targets from phrases, word x region maps from probe
-records, region removal for faithfulness scorers, and a scoped recorder of attention probes.
+records, region removal for faithfulness scorers. The tasks read attention through
+:func:`attnlens.capture` like any external model does.
 
 Conventions: maps handed to the study have dims ``("word", "region")`` (rows = text tokens, sum
 to 1 over the valid regions); region removal modes are ``"mask"`` (drop the region from the
@@ -8,8 +9,7 @@ image's valid region features, computed before any removal).
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,6 @@ from torch import nn
 
 from ..attention_map import AttentionMap, Side
 from ..errors import CaptureError, DTypeError, ShapeError, UnknownNameError
-from ..models.attention import AttentionProbe, ProbeRecord
 from ..types import GroundedCaption, Phrase, Regions
 from .base import REMOVALS, GroundingTarget
 
@@ -85,33 +84,17 @@ def region_word_to_word_region(weights: torch.Tensor, region_valid: torch.Tensor
     return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
 
 
-@contextlib.contextmanager
-def record_probes(model: nn.Module) -> Iterator[list[tuple[str, ProbeRecord]]]:
-    """Record every :class:`ProbeRecord` passed through the model's probes while the block runs.
+def site_meta(amap: AttentionMap) -> dict:
+    """The scalar metadata of a captured map (alignment, direction, norm, temperature, ...) for an
+    example's ``attention.meta``, without the capture's bookkeeping (call and forward indices).
 
-    Yields a list of ``(probe module path, record)`` in call order; every hook is removed on
-    exit, also after an exception.
-
-    >>> from attnlens.models.attention import CrossAttention
-    >>> attn = CrossAttention("dot", 4)
-    >>> with record_probes(attn) as recs:
-    ...     _ = attn(torch.randn(1, 2, 4), torch.randn(1, 3, 4))
-    >>> [(name, tuple(r.weights.shape)) for name, r in recs]
-    [('probe', (1, 2, 3))]
+    >>> m = AttentionMap(torch.ones(1, 2), ("word", "region"), alignment="dot", meta={"call_index": 0, "norm": "softmax"})
+    >>> site_meta(m)
+    {'alignment': 'dot', 'norm': 'softmax'}
     """
-    records: list[tuple[str, ProbeRecord]] = []
-    handles = []
-    probes = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionProbe)]
-    if not probes:
-        raise CaptureError(f"{type(model).__name__} has no AttentionProbe: nothing to record")
-    try:
-        for name, module in probes:
-            handles.append(module.register_forward_hook(
-                lambda mod, args, out, _n=name: records.append((_n, args[0]))))
-        yield records
-    finally:
-        for h in handles:
-            h.remove()
+    meta = {"alignment": amap.alignment, "direction": amap.direction, "layer": amap.layer, **amap.meta}
+    return {k: v for k, v in meta.items()
+            if isinstance(v, (str, int, float)) and k not in ("call_index", "forward_index")}
 
 
 def scorer_regions(examples: Sequence, removal: str) -> int:

@@ -64,7 +64,8 @@ from ..train.config import TrainConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
 from .base import REMOVALS, AnalysisExample, GroundingTarget, PresetConfigs, ScoreFn
-from .common import check_keep, record_probes, word_region_map
+from ..capture import capture
+from .common import check_keep, site_meta, word_region_map
 
 
 @dataclass(frozen=True)
@@ -352,12 +353,13 @@ class GenerationTask(PresetConfigs):
         out = []
         for p, caption in enumerate(data["captions"]):
             L = int(data["lengths"][p])
-            with torch.no_grad(), record_probes(model) as records:
+            with torch.no_grad(), capture(model, to_cpu=False) as captured:
                 res = model(data["tokens"][p:p + 1, :L].to(dev), data["lengths"][p:p + 1].to(dev),
                             data["layout"][p:p + 1].to(dev))
-            name, rec = records[-1]
+            rec = captured.maps[-1]
+            name = rec.site
             w = word_to_cell(rec.weights[0].float().cpu())  # [L, C]
-            meta = {k: v for k, v in rec.meta.items() if isinstance(v, (str, int, float))}
+            meta = site_meta(rec)
             meta["derived"] = ("cell -> word attention (each cell over the words) transposed, each word's row "
                                "renormalised over the cells")
             amap = word_region_map(w, tokens=caption.tokens, regions=regions, alignment=model.attend.alignment_name,

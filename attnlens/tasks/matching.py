@@ -45,7 +45,8 @@ from ..train.checkpoint import has_checkpoint, load_checkpoint, read_config, rea
 from ..train.config import MatchingConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from .base import AnalysisExample, PresetConfigs, RegionForward, ScoreFn
-from .common import (caption_targets, check_keep, record_probes, region_word_to_word_region, remove_regions,
+from ..capture import capture
+from .common import (caption_targets, check_keep, region_word_to_word_region, remove_regions, site_meta,
                      scorer_regions, word_region_map)
 
 
@@ -239,9 +240,9 @@ class MatchingTask(PresetConfigs):
             with torch.no_grad():
                 img = model.encode_images(image.to(dev), boxes.to(dev), valid.to(dev))
                 cap = model.encode_captions(ids, lengths)
-                with record_probes(model.sim) as records:
+                with capture(model.sim, to_cpu=False) as rec:
                     s = model.similarity_from_features(img, cap, lengths, valid.to(dev))
-            weights, scores, meta = self._pair_map(records, model)
+                weights, scores, meta = self._pair_map(rec.maps)
             amap = word_region_map(weights, tokens=caption.tokens, regions=sample.regions, scores=scores,
                                    alignment=model.alignment_name, direction=model.direction,
                                    site=meta.pop("site"), meta=meta)
@@ -265,16 +266,16 @@ class MatchingTask(PresetConfigs):
         return int(cfg.n_test) if split == "test" and cfg.n_test else SPLITS[split]
 
     @staticmethod
-    def _pair_map(records, model: MatchingModel):
-        """``([L, R] word -> region weights, raw scores or None, meta)`` from one pair's records."""
+    def _pair_map(maps):
+        """``([L, R] word -> region weights, raw scores or None, meta)`` from one pair's captured maps."""
         chosen = None
-        for name, rec in records:
+        for rec in maps:
             if "word" in rec.dims and "region" in rec.dims:
-                chosen = (name, rec)  # keep the last one (RCAR: the final attention)
+                chosen = rec  # keep the last one (RCAR: the final attention)
         if chosen is None:
             raise CaptureError(f"the similarity module recorded no word/region attention "
-                               f"(records: {[r.dims for _, r in records]})")
-        name, rec = chosen
+                               f"(maps: {[m.dims for m in maps]})")
+        rec = chosen
         w, sc = rec.weights, rec.scores
         index = []
         for d, size in zip(rec.dims, w.shape):
@@ -288,8 +289,7 @@ class MatchingTask(PresetConfigs):
         w = w[tuple(index)].detach().float().cpu()
         sc = None if sc is None else sc[tuple(index)].detach().float().cpu()
         dims = [d for d in rec.dims if d in ("word", "region")]
-        meta = {"site": f"sim.{name}", "record_dims": tuple(rec.dims), **{k: v for k, v in rec.meta.items()
-                                                                          if isinstance(v, (str, int, float))}}
+        meta = {"site": f"sim.{rec.site}", "record_dims": tuple(rec.dims), **site_meta(rec)}
         if dims == ["word", "region"]:
             return w, sc, meta
         meta["derived"] = ("image-to-text attention (regions over words) transposed, each word's row "

@@ -51,7 +51,8 @@ from ..train.config import TrainConfig
 from ..train.loop import cpu_threads, fit, resolve_device, set_seed
 from ..types import Regions
 from .base import AnalysisExample, GroundingTarget, PresetConfigs, RegionForward, ScoreFn
-from .common import check_keep, record_probes, scorer_regions, word_region_map
+from ..capture import capture
+from .common import check_keep, scorer_regions, site_meta, word_region_map
 
 DATASETS = ("scenes", "easy_vqa")
 EASY_VQA_SIZE = 64
@@ -360,16 +361,17 @@ class VQATask(PresetConfigs):
         for i, q_row in chosen:
             _, q = data["items"][q_row]
             ids = data["tokens"][q_row:q_row + 1, :int(data["lengths"][q_row])]
-            with torch.no_grad(), record_probes(model) as records:
+            with torch.no_grad(), capture(model, to_cpu=False) as captured:
                 res = model(ids.to(dev), data["lengths"][q_row:q_row + 1].to(dev),
                             _float_images(data["images"][i:i + 1], dev), data["boxes"][i:i + 1].to(dev),
                             data["region_mask"][i:i + 1].to(dev))
-            name, rec = records[-1]
+            rec = captured.maps[-1]
+            name = rec.site
             w, sc = rec.weights[0, 0].float().cpu(), rec.scores[0, 0].float().cpu()
             probs = res.logits.softmax(-1)[0]
             pred = int(probs.argmax())
             L = len(q.tokens)
-            meta = {k: v for k, v in rec.meta.items() if isinstance(v, (str, int, float))}
+            meta = site_meta(rec)
             meta["derived"] = ("single query (the question vector); its weights over the regions are "
                                "repeated for every token of the question")
             amap = word_region_map(w[None].expand(L, -1).clone(), tokens=q.tokens, regions=data["regions"][i],
