@@ -103,8 +103,10 @@ def train(task, alignment, seed, out, preset, device, config_json, no_resume, qu
             raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--config") from exc
         if not isinstance(overrides, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--config")
-    path = _train.run(task, alignment=alignment, seed=seed, out_dir=out, preset=preset, device=device,
-                      config=overrides, progress=not quiet, resume=not no_resume)
+    from .tasks.training import run as train_run
+
+    path = train_run(task, alignment=alignment, seed=seed, out_dir=out, preset=preset, device=device,
+                     config=overrides, progress=not quiet, resume=not no_resume)
     from .train.checkpoint import STATE_FILE
 
     history = _train.read_state(path).get("history") if (Path(path) / STATE_FILE).exists() else None

@@ -181,19 +181,11 @@ def config_mismatch(checkpoint: Path, config: dict) -> list[str]:
 
 
 def _train(unit: Unit, out_dir: Path, config: dict, preset: str, device: str, progress: bool) -> Path:
-    """Train through ``attnlens.train.run`` (run directory under ``out_dir``), or the task itself."""
-    try:
-        from .. import train as _train_mod
-    except ModuleNotFoundError as exc:  # the training module is optional for custom tasks
-        if exc.name != "attnlens.train":
-            raise
-        _train_mod = None
-    if _train_mod is not None and hasattr(_train_mod, "run"):
-        return Path(_train_mod.run(unit.task, alignment=unit.alignment, seed=unit.seed, out_dir=out_dir,
-                                   config=config, preset=preset, device=device, progress=progress, resume=True))
-    task = get_task(unit.task)
-    return Path(task.train(alignment=unit.alignment, seed=unit.seed, out_dir=out_dir / f"{unit.task}-"
-                           f"{unit.alignment}-seed{unit.seed}", config=config, device=device, progress=progress))
+    """Train through :func:`attnlens.tasks.training.run` (run directory under ``out_dir``)."""
+    from ..tasks.training import run
+
+    return Path(run(unit.task, alignment=unit.alignment, seed=unit.seed, out_dir=out_dir, config=config,
+                    preset=preset, device=device, progress=progress, resume=True))
 
 
 def task_config(task, cfg: StudyConfig) -> dict:
