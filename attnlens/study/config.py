@@ -26,7 +26,7 @@ class StudyConfig:
     """What one study runs.
 
     Attributes:
-        preset: the preset name (also passed to ``Task.default_config`` and ``attnlens.train.run``).
+        preset: the preset name (also passed to ``Task.default_config`` and ``attnlens.tasks.training.run``).
         tasks: task names (``attnlens.tasks.available_tasks()``).
         alignments: alignment function names (``attnlens.align.available()``).
         seeds: training seeds; each (task, alignment, seed) is one resumable unit.
