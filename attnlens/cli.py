@@ -140,7 +140,7 @@ def train(task, alignment, seed, out, preset, device, config_json, no_resume, qu
 def capture(task, checkpoint, split, n_examples, out, preset, device, metrics, engine, shard_size, workers, address,
             quiet):
     """Run a checkpoint on a data split and save its word x region attention maps (and metric rows)."""
-    from .distributed.dataset import capture_dataset
+    from .study.dataset import capture_dataset
     from .study.config import study_config
     from .study.units import resolve_device
     from .tasks import get_task

@@ -8,7 +8,7 @@
    float32): one ``ScanSimilarity`` call vs :func:`attnlens.distributed.sharded_similarity`
    on a local pool of 2 spawned processes (1 torch thread each, pool start-up included); the
    single call also runs with 1 thread, so the comparison is 1 core vs 2 cores.
-3. Dataset-wide capture + per-example metrics (:func:`attnlens.distributed.dataset.capture_dataset`)
+3. Dataset-wide capture + per-example metrics (:func:`attnlens.study.dataset.capture_dataset`)
    of a shipped checkpoint (``--capture-task``, default the matching ``dot`` model) over the
    test split (``--capture-n``, default the whole split) with the demo study's metric settings:
    the local engine (this process, 1 torch thread) vs Ray tasks on a local instance with 2 CPUs
@@ -103,7 +103,7 @@ def bench_allpairs(n_images: int, n_captions: int) -> None:
 def bench_capture(task: str, n: int | None, shard_size: int) -> None:
     import ray
 
-    from attnlens.distributed.dataset import capture_dataset
+    from attnlens.study.dataset import capture_dataset
     from attnlens.study import study_config
     from attnlens.tasks import get_task
 

@@ -1,4 +1,4 @@
-"""Dataset-wide capture + metrics in shards (attnlens.distributed.dataset): the merged files equal
+"""Dataset-wide capture + metrics in shards (attnlens.study.dataset): the merged files equal
 one unsharded pass byte for byte, finished shards are reused, a failed shard leaves nothing
 half-written, and ``analysis_examples(start=k)`` is a slice of the call from 0 for every task."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_task import FakeTask  # noqa: E402
 
-from attnlens.distributed import dataset as D  # noqa: E402
+from attnlens.study import dataset as D  # noqa: E402
 from attnlens.io import save_dataframe  # noqa: E402
 from attnlens.study import example_metrics as EM  # noqa: E402
 from attnlens.study.analysis import unit_metrics  # noqa: E402

@@ -8,9 +8,9 @@
   ``DistributedDataParallel`` wrapper used by :func:`attnlens.train.fit` when launched by
   ``torchrun`` (see that module for where results differ from single-process training).
 
-* :func:`attnlens.distributed.dataset.capture_dataset` captures a whole split and its
-  per-example metric rows in shards of example indices (here, a process pool or Ray tasks),
-  resumable shard by shard, and merges them into the files of one unsharded pass, byte for byte.
+* :mod:`attnlens.distributed.shards`: resumable jobs in shards of example indices (here, a
+  process pool or Ray tasks), shard by shard; the study's dataset-wide capture and metrics
+  (:func:`attnlens.study.dataset.capture_dataset`) runs on it.
 
 None imports Ray unless ``executor="ray"`` / ``engine="ray"`` is asked for.
 """

@@ -47,7 +47,7 @@ class StudyConfig:
         task_overrides: per task, config entries that replace the task's preset defaults.
         shard_size: when set, a unit computes its examples and metric rows in shards of this many
             examples, each saved as it finishes, so an interrupted unit resumes from its finished
-            shards (:mod:`attnlens.distributed.dataset`); the results are the same bit for bit.
+            shards (:mod:`attnlens.study.dataset`); the results are the same bit for bit.
     """
 
     preset: str = "demo"

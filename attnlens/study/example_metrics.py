@@ -1,7 +1,7 @@
 """Per-example metric rows: every number of an example depends on that example alone.
 
 The study's metric rows (:func:`attnlens.study.analysis.unit_metrics`) are computed one example
-at a time, so that a split cut into shards (:mod:`attnlens.distributed.dataset`) gives the same
+at a time, so that a split cut into shards (:mod:`attnlens.study.dataset`) gives the same
 rows, bit for bit, as one pass over all its examples:
 
 * random draws (the random deletion order, the faithfulness-correlation subsets, the random

@@ -16,7 +16,7 @@ Files of a finished unit:
   attention arrays) for galleries and the explorer.
 
 With ``StudyConfig.shard_size`` the examples and their rows are computed in shards of that many
-examples (:func:`attnlens.distributed.dataset.capture_dataset`, in the unit's process), each
+examples (:func:`attnlens.study.dataset.capture_dataset`, in the unit's process), each
 kept in ``.shards-seed<k>/`` next to the unit until the unit is published, so a unit killed
 mid-analysis resumes from its finished shards; the files are the same, bit for bit.
 """
@@ -245,7 +245,7 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
         baselines = (unit.alignment, unit.seed) == (cfg.alignments[0], cfg.seeds[0])
         columns = {"task": unit.task, "alignment": unit.alignment, "seed": unit.seed}
         if cfg.shard_size and custom is None:  # examples and rows in resumable shards, merged into staging
-            from ..distributed.dataset import capture_dataset
+            from .dataset import capture_dataset
 
             shards = final.parent / f"{SHARDS}{final.name}"
             job = capture_dataset(task, ckpt, staging, split=cfg.split, n=cfg.n_examples, config=conf, settings=cfg,

@@ -27,7 +27,7 @@ method gets NaN rows; it may say why in a ``region_forward_undefined`` string at
 
 Shards: ``analysis_examples(model, n=n, start=k)`` gives examples ``k .. k + n - 1`` of the split,
 identical to the same items of one call from 0, so a split can be captured in index ranges on
-several workers (:mod:`attnlens.distributed.dataset`).
+several workers (:mod:`attnlens.study.dataset`).
 """
 from __future__ import annotations
 

@@ -13,10 +13,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..attention_map import AttentionMap, Side
-from ..errors import CaptureError, DTypeError, ShapeError, UnknownNameError
+from ..errors import DTypeError, ShapeError, UnknownNameError
 from ..types import GroundedCaption, Phrase, Regions
 from .base import REMOVALS, GroundingTarget
 

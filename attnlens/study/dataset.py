@@ -1,4 +1,5 @@
-"""Dataset-wide capture and per-example metrics in shards of example indices.
+"""Dataset-wide capture and per-example metrics in shards of example indices (the study's use of
+the generic sharded jobs of :mod:`attnlens.distributed.shards`).
 
 A job is (task, checkpoint, split, ``n`` examples, task config, metric settings). It is cut into
 shards of ``shard_size`` consecutive example indices ``[start, stop)``; a shard runs
@@ -32,33 +33,32 @@ workers must share with the driver (a local instance always does).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
-import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..distributed.shards import (DONE, ENGINES, PARTIAL, SHARD, clear_partials, fingerprint, publish_outputs,
+                                  run_shards, shard_name, shard_plan, shard_record, write_npz_stream)
+from ..distributed.shards import job_done as _job_done
 from ..errors import FormatError, ShapeError, UnknownNameError
 from ..io import atomic_path, file_digests, publish_dir, save_dataframe, write_json, write_text
+from ..tasks import get_task
+from . import example_metrics
+from .units import save_examples
 
-__all__ = ["ENGINES", "OUTPUTS", "capture_dataset", "shard_plan", "job_done"]
+__all__ = ["DONE", "ENGINES", "OUTPUTS", "PARTIAL", "SHARD", "capture_dataset", "job_done", "shard_plan"]
 
-ENGINES = ("local", "process", "ray")
 #: The merged files, published in this order (``DONE.json`` last).
 OUTPUTS = ("examples.json", "examples.npz", "long.csv", "curves.csv")
-DONE = "DONE.json"
-SHARD = "SHARD.json"
-PARTIAL = ".partial-"
 FORMAT = 1  # bump when a shard's content changes meaning
 
 _MODELS: dict = {}  # per worker process: the last loaded model, by checkpoint and job key
@@ -83,60 +83,20 @@ class _Job:
     probe: Callable | None = None
 
 
-def shard_plan(n: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each shard of ``n`` examples.
-
-    >>> shard_plan(10, 4)
-    [(0, 4), (4, 8), (8, 10)]
-    """
-    if int(shard_size) < 1:
-        raise ShapeError(f"shard_size must be >= 1, got {shard_size}")
-    return [(a, min(a + int(shard_size), int(n))) for a in range(0, int(n), int(shard_size))]
-
-
 def _task_name(task) -> str:
     return task if isinstance(task, str) else str(getattr(task, "name", type(task).__name__))
 
 
 def _get_task(task):
-    if isinstance(task, str):
-        from ..tasks import get_task
-
-        return get_task(task)
-    return task
-
-
-def _fingerprint(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return get_task(task) if isinstance(task, str) else task
 
 
 def job_done(out: str | Path, fingerprint: str | None = None) -> dict | None:
     """The record of a finished job in ``out`` (with that fingerprint, when given), else ``None``."""
-    out = Path(out)
-    try:
-        record = json.loads((out / DONE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if fingerprint is not None and record.get("fingerprint") != fingerprint:
-        return None
-    if not all((out / name).is_file() for name in record.get("outputs", OUTPUTS)):
-        return None
-    return record
+    return _job_done(out, fingerprint, OUTPUTS)
 
 
 # ----------------------------------------------------------------------------- one shard
-def _shard_name(start: int, stop: int) -> str:
-    return f"{start:08d}-{stop:08d}"
-
-
-def _shard_record(directory: Path, key: str) -> dict | None:
-    try:
-        rec = json.loads((directory / SHARD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return rec if rec.get("key") == key else None
-
-
 def _load_model(job: _Job, task):
     cache_key = (job.checkpoint, job.key)  # the key covers the checkpoint's content and the device
     if cache_key not in _MODELS:
@@ -149,9 +109,6 @@ def _load_model(job: _Job, task):
 
 def _compute_shard(job: _Job, start: int, stop: int, model=None) -> dict:
     """Compute shard ``[start, stop)`` and publish its directory; returns its record."""
-    from ..study.example_metrics import EXAMPLE_CURVE_COLUMNS, example_scorer, metric_rows
-    from ..study.units import save_examples
-
     t0 = time.perf_counter()
     if job.threads:
         torch.set_num_threads(int(job.threads))
@@ -159,7 +116,7 @@ def _compute_shard(job: _Job, start: int, stop: int, model=None) -> dict:
     if model is None:
         model = _load_model(job, task)
     root = Path(job.shards)
-    final = root / _shard_name(start, stop)
+    final = root / shard_name(start, stop)
     staging = root / f"{PARTIAL}{final.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
@@ -170,19 +127,19 @@ def _compute_shard(job: _Job, start: int, stop: int, model=None) -> dict:
         t_examples = time.perf_counter() - t0
         save_examples(staging, examples)
         if job.metrics and examples:
-            scorer = example_scorer(task, model, examples, removal=job.settings["removal"])
-            long, curves = metric_rows(examples, scorer, _Settings(**job.settings), baselines=job.baselines)
+            scorer = example_metrics.example_scorer(task, model, examples, removal=job.settings["removal"])
+            long, curves = example_metrics.metric_rows(examples, scorer, _Settings(**job.settings), baselines=job.baselines)
             save_dataframe(long.assign(**job.columns), staging / "long.csv")
         if job.metrics:  # exact floats (JSON keeps every bit of a float64, NaN included)
-            cols = {c: curves[c].tolist() for c in EXAMPLE_CURVE_COLUMNS} if examples else \
-                {c: [] for c in EXAMPLE_CURVE_COLUMNS}
+            cols = {c: curves[c].tolist() for c in example_metrics.EXAMPLE_CURVE_COLUMNS} if examples else \
+                {c: [] for c in example_metrics.EXAMPLE_CURVE_COLUMNS}
             write_text(staging / "example_curves.json", json.dumps(cols))
         rec = {"key": job.key, "start": start, "stop": stop, "n_examples": len(examples),
                "example_ids": [e.example_id for e in examples], "probe_max": max(record) if record else None,
                "seconds": {"examples": t_examples, "total": time.perf_counter() - t0}, "pid": os.getpid()}
         write_json(staging / SHARD, rec)
         # a finished copy may be there already (a retried task): keep it; a stale one is replaced
-        publish_dir(staging, final, keep_existing=lambda d: _shard_record(d, job.key) is not None)
+        publish_dir(staging, final, keep_existing=lambda d: shard_record(d, job.key) is not None)
         return rec
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,63 +157,10 @@ class _Settings:
     gradient_agreement: tuple = ("integrated_gradients", "input_x_gradient")
 
 
-# ----------------------------------------------------------------------------- engines
-def _run_local(job: _Job, plan, model) -> Iterator[dict]:
-    for start, stop in plan:
-        yield _compute_shard(job, start, stop, model=model)
-
-
-def _run_process(job: _Job, plan, workers: int) -> Iterator[dict]:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, min(int(workers), len(plan))), mp_context=ctx) as pool:
-        pending = {pool.submit(_compute_shard, job, a, b) for a, b in plan}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield fut.result()
-        finally:
-            for fut in pending:
-                fut.cancel()
-
-
-def _run_ray(job: _Job, plan, workers: int, address: str | None, max_retries: int) -> Iterator[dict]:
-    from .ray_backend import ensure_ray
-
-    ray = ensure_ray(address, workers)
-    gpus = 1 if str(job.device).startswith("cuda") else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=int(max_retries))(_compute_shard)
-    job_ref = ray.put(job)
-    pending = [remote.remote(job_ref, a, b) for a, b in plan]
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)  # re-raises the shard's error after Ray's retries
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-
-
 # ----------------------------------------------------------------------------- merge
-def _write_npz_stream(path: Path, arrays: Iterator[tuple[str, np.ndarray]]) -> None:
-    """``np.savez_compressed`` written one array at a time (the same bytes: the same zip entries
-    in the same order, as numpy writes them), so a merge never holds the whole split in memory."""
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            for key, val in arrays:
-                with zf.open(key + ".npy", "w", force_zip64=True) as fid:
-                    np.lib.format.write_array(fid, np.asanyarray(val), allow_pickle=False)
-
-
 def _merge(shard_dirs: Sequence[Path], staging: Path, metrics: bool, columns: dict) -> int:
     """Merge the shards (in index order) into ``staging``; returns the number of examples."""
     import pandas as pd
-
-    from ..study.example_metrics import mean_curves
 
     meta: list = []
     counts = []
@@ -275,7 +179,7 @@ def _merge(shard_dirs: Sequence[Path], staging: Path, metrics: bool, columns: di
                     yield f"img{i}", z[f"img{j}"]
                     i += 1
 
-    _write_npz_stream(staging / "examples.npz", arrays())
+    write_npz_stream(staging / "examples.npz", arrays())
     if metrics:
         header, body = None, []
         for d in shard_dirs:
@@ -292,22 +196,9 @@ def _merge(shard_dirs: Sequence[Path], staging: Path, metrics: bool, columns: di
         with atomic_path(staging / "long.csv") as tmp:
             tmp.write_text((header + "\n" if header is not None else "") + "".join(body), encoding="utf-8")
         parts = [pd.DataFrame(json.loads((d / "example_curves.json").read_text())) for d in shard_dirs]
-        curves = mean_curves(pd.concat(parts, ignore_index=True))
+        curves = example_metrics.mean_curves(pd.concat(parts, ignore_index=True))
         save_dataframe(curves.assign(**columns), staging / "curves.csv")
     return len(meta)
-
-
-def _publish(staging: Path, out: Path, names: Sequence[str], record: dict) -> None:
-    """Rename the staged outputs into ``out`` (an older ``DONE.json`` and older outputs that this job
-    does not write removed first), then write ``DONE.json``."""
-    for name in (DONE,) + tuple(n for n in OUTPUTS if n not in names):
-        try:
-            (out / name).unlink()
-        except FileNotFoundError:
-            pass
-    for name in names:
-        os.replace(staging / name, out / name)
-    write_json(out / DONE, record)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -378,7 +269,7 @@ def capture_dataset(task, checkpoint: str | Path, out: str | Path, *, split: str
         raise ShapeError(f"n must be >= 1, got {n}")
     plan = shard_plan(n, shard_size)
     if settings is None:
-        from ..study.config import study_config
+        from .config import study_config
 
         settings = study_config("demo")
     sett = {k: getattr(settings, k) for k in ("removal", "steps", "n_subsets", "agreement")}
@@ -387,45 +278,29 @@ def capture_dataset(task, checkpoint: str | Path, out: str | Path, *, split: str
     base = {"format": FORMAT, "task": _task_name(task), "checkpoint": file_digests(checkpoint), "split": split,
             "config": config, "metrics": bool(metrics), "settings": sett if metrics else None,
             "baselines": bool(baselines) if metrics else None, "device": str(device), "columns": columns}
-    key = _fingerprint(base)
-    fingerprint = _fingerprint({**base, "n": n})
-    done = job_done(out, fingerprint)
+    key = fingerprint(base)
+    job_print = fingerprint({**base, "n": n})
+    done = job_done(out, job_print)
     if done is not None:
         return {**done, "already_done": True}
     shards = Path(shard_dir) if shard_dir is not None else out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    for p in list(shards.glob(f"{PARTIAL}*")) + list(out.glob(f"{PARTIAL}*")):
-        shutil.rmtree(p, ignore_errors=True)  # left by a killed run
+    clear_partials(shards, out)  # left by a killed run
     job = _Job(task=task, checkpoint=str(checkpoint.resolve()), split=split, config=config, metrics=bool(metrics),
                settings=sett, baselines=bool(baselines), device=str(device), shards=str(shards.resolve()), key=key,
                columns=columns, threads=int(threads) if threads else torch.get_num_threads(), probe=probe)
-    records = {}
-    for start, stop in plan:
-        rec = _shard_record(shards / _shard_name(start, stop), key)
-        if rec is not None:
-            records[(start, stop)] = rec
-    todo = [s for s in plan if s not in records]
-    reused = len(plan) - len(todo)
-    bar = tqdm(total=len(plan), initial=reused, disable=not progress, desc=f"capture {_task_name(task)} shards",
-               unit="shard")
-    try:
-        if todo:
-            if engine == "local":
-                if model is None:
-                    model = task_obj.load(checkpoint, device=device)
-                model.eval()
-                results = _run_local(job, todo, model)
-            elif engine == "process":
-                results = _run_process(job, todo, workers)
-            else:
-                results = _run_ray(job, todo, workers, address, max_retries)
-            for rec in results:
-                records[(rec["start"], rec["stop"])] = rec
-                bar.update()
-    finally:
-        bar.close()
-    dirs = [shards / _shard_name(a, b) for a, b in plan]
+
+    def load_here() -> dict:
+        local = model if model is not None else task_obj.load(checkpoint, device=device)
+        local.eval()
+        return {"model": local}
+
+    records, reused = run_shards(_compute_shard, job, plan, shards, key, engine=engine, workers=workers,
+                                 address=address, max_retries=max_retries,
+                                 gpus=1 if str(device).startswith("cuda") else 0, local=load_here,
+                                 progress=progress, desc=f"capture {_task_name(task)} shards")
+    dirs = [shards / shard_name(a, b) for a, b in plan]
     n_examples = sum(records[s]["n_examples"] for s in plan)
     if n_examples == 0:
         raise ShapeError(f"split {split!r} of task {_task_name(task)!r} gave no examples (n={n})")
@@ -443,12 +318,11 @@ def capture_dataset(task, checkpoint: str | Path, out: str | Path, *, split: str
                   "probe_max": max(probes) if probes else None,
                   "seconds": {"wall": time.perf_counter() - t0,
                               "shards": sum(r["seconds"]["total"] for r in records.values())},
-                  "fingerprint": fingerprint, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _publish(staging, out, names, record)
+                  "fingerprint": job_print, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        publish_outputs(staging, out, names, record, OUTPUTS)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for p in shards.glob(f"{PARTIAL}*"):  # left by a worker that died (its shard was retried)
-        shutil.rmtree(p, ignore_errors=True)
+    clear_partials(shards)  # left by a worker that died (its shard was retried)
     if not keep_shards:
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
