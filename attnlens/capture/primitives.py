@@ -1,0 +1,302 @@
+"""Capture ``nn.MultiheadAttention`` and the layers of ``nn.TransformerEncoder`` / ``Decoder``.
+
+Every ``nn.MultiheadAttention`` (MHA) of a model is a site named by its module path
+(``"encoder.layers.0.self_attn"``, ``"decoder.layers.1.multihead_attn"``; the model's class name
+when the model is the MHA). Its maps are the **per-head** weights ``[batch, head, query, key]``
+whatever the call asked for (``need_weights=False``, ``average_attn_weights=True``), with
+``batch_first`` either way (unbatched calls get a batch axis of 1), ``key_padding_mask`` and
+``attn_mask`` (bool or float, 2-D or 3-D), separate ``kdim`` / ``vdim`` projections. With
+``add_bias_kv`` / ``add_zero_attn`` the keys gain the columns torch appends (the bias key, then
+the zero key; ``meta["appended_keys"]`` names them), so rows still sum to 1. The weights are
+before dropout unless noted (``meta["dropout"]``).
+
+**Default mode: the output is bitwise unchanged.** The call runs as it would without the
+capture (fused ``scaled_dot_product_attention`` or torch's native fast path included); afterwards
+the weights are recomputed from the call's own inputs by torch's explicit path
+(``F.multi_head_attention_forward`` with ``need_weights=True, average_attn_weights=False``,
+dropout off; ``meta["method"] = "recomputed"``), or taken from the output when the caller asked
+for per-head weights (``"returned"``). They equal the weights the fused kernels use up to float
+rounding (float32: about 1e-6).
+
+**The encoder layer's fast path.** In eval mode without gradients ``nn.TransformerEncoderLayer``
+runs one fused kernel and never calls ``self_attn``; it also refuses that path whenever any of its
+submodules has a forward hook. So these sites use no per-module hook: they watch calls through
+:mod:`attnlens.capture.dispatch`, and when a layer returns without having called its
+``self_attn`` the weights are recomputed from the layer's input (``norm1(src)`` when
+``norm_first``) and masks (``meta["method"] = "fast-path-recomputed"``; the fast path ignores
+``is_causal`` without a mask, and so does the recomputation). When ``nn.TransformerEncoder``
+packs a padded batch into a nested tensor, the maps are padded back to the encoder's input
+length; padded keys get weight 0 and padded queries all-zero rows.
+
+**Grad mode** (``capture(..., grad=True)``): the call is made to return its per-head weights
+(``need_weights=True, average_attn_weights=False``) and the recorded map is that tensor, in the
+autograd graph of the output; the caller still receives what it asked for (``None``, or the head
+mean computed as torch computes it). The explicit path replaces the fused kernel, so the output
+changes within float rounding (float32: about 1e-6 relative); with dropout active in training
+the recorded weights are the dropped-out ones the forward used. These sites then hook the MHA
+directly, which also keeps an encoder layer off its fast path for the capture.
+
+Modality is ``"unknown"`` on both sides: a self-attention primitive does not say what its
+tokens are. Name them with :func:`mha_site`.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CaptureError
+from ..models.attention import ProbeRecord
+from . import dispatch
+from .sites import Emit, Tap, this_thread
+
+DIMS = ("batch", "head", "query", "key")
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
+def bind(module: nn.Module, args, kwargs) -> dict:
+    """The arguments of one call of ``module.forward`` by name, defaults filled in."""
+    cls = type(module)
+    if cls not in _SIGNATURES:
+        _SIGNATURES[cls] = inspect.signature(cls.forward)
+    try:
+        bound = _SIGNATURES[cls].bind(module, *args, **kwargs)
+    except TypeError as exc:
+        raise CaptureError(f"cannot read the arguments of a {cls.__name__} call: {exc}") from exc
+    bound.apply_defaults()
+    out = dict(bound.arguments)
+    out.pop(next(iter(_SIGNATURES[cls].parameters)))  # self
+    return out
+
+
+def mha_weights(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+    """Per-head weights ``[batch, head, query, key]`` of one ``mha(query, key, value, ...)`` call.
+
+    Recomputed by torch's explicit path with dropout off (module docstring); the inputs are
+    laid out as the module expects them (``batch_first`` or not, or unbatched).
+
+    >>> mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    >>> x = torch.randn(1, 3, 8)
+    >>> w = mha_weights(mha, x, x, x)
+    >>> torch.allclose(w, mha(x, x, x, average_attn_weights=False)[1])
+    True
+    """
+    batched = query.dim() == 3
+    if mha.batch_first and batched:  # transpose once, keeping `query is key is value` as MHA does
+        if key is value:
+            if query is key:
+                query = key = value = query.transpose(1, 0)
+            else:
+                query, key = (x.transpose(1, 0) for x in (query, key))
+                value = key
+        else:
+            query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+    separate = {} if mha._qkv_same_embed_dim else dict(
+        use_separate_proj_weight=True, q_proj_weight=mha.q_proj_weight, k_proj_weight=mha.k_proj_weight,
+        v_proj_weight=mha.v_proj_weight)
+    _, weights = F.multi_head_attention_forward(
+        query, key, value, mha.embed_dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.bias_k,
+        mha.bias_v, mha.add_zero_attn, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
+        key_padding_mask=key_padding_mask, need_weights=True, attn_mask=attn_mask, average_attn_weights=False,
+        is_causal=is_causal, **separate)
+    return weights if batched else weights.unsqueeze(0)
+
+
+def _unnest(x: torch.Tensor, length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A nested ``[batch, (seq), dim]`` tensor padded with zeros, and its padding mask (True = pad)."""
+    lengths = torch.tensor([t.shape[0] for t in x.unbind()])
+    size = None if length is None else (len(lengths), max(int(length), int(lengths.max())), x.size(-1))
+    padded = x.to_padded_tensor(0.0, output_size=size) if size else x.to_padded_tensor(0.0)
+    pad = torch.arange(padded.shape[1])[None, :] >= lengths[:, None]
+    return padded, pad.to(padded.device)
+
+
+class MhaTap(Tap):
+    """One ``nn.MultiheadAttention`` site (and, for an encoder layer's ``self_attn``, the layer's
+    fast path).
+
+    Args:
+        name: the site name (the module path).
+        mha: the module.
+        layer: the ``nn.TransformerEncoderLayer`` whose ``self_attn`` this is, if any.
+        encoder: the ``nn.TransformerEncoder`` holding ``layer``, if any.
+        meta: recorded with each map.
+    """
+
+    def __init__(self, name: str, mha: nn.MultiheadAttention, *, layer: nn.Module | None = None,
+                 encoder: nn.Module | None = None, meta=None):
+        super().__init__([name], mha)
+        self.layer, self.encoder = layer, encoder
+        self.meta = {"query_modality": "unknown", "key_modality": "unknown", **dict(meta or {})}
+
+    def _record(self, weights: torch.Tensor, method: str, mha: nn.Module, **extra) -> ProbeRecord:
+        appended = (["bias_k"] if mha.bias_k is not None else []) + (["zero_attn"] if mha.add_zero_attn else [])
+        meta = {"method": method, "alignment": "scaled_dot", **self.meta, **extra}
+        if appended:
+            meta["appended_keys"] = appended
+        return ProbeRecord(weights, None, DIMS, meta=meta)
+
+    def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
+        if getattr(emit, "grad", False):
+            return self._attach_grad(emit)
+        return self._attach_watch(emit)
+
+    # ----------------------------------------------------------------- default: output untouched
+    def _attach_watch(self, emit: Emit) -> list:
+        (name,) = self.names
+        calls: list[dict] = []  # open calls of the owning layer (this thread only)
+        state = {"length": None}
+
+        def on_mha(module, args, kwargs, output, failed):
+            if calls:
+                calls[-1]["fired"] = True
+            if failed:
+                return
+            a = bind(module, args, kwargs)
+            returned = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            dropout = module.training and module.dropout > 0
+            if (a["need_weights"] and not a["average_attn_weights"] and isinstance(returned, torch.Tensor)
+                    and not dropout):
+                weights, method = returned.detach(), "returned"
+                weights = weights if a["query"].dim() == 3 else weights.unsqueeze(0)
+            else:
+                with torch.no_grad():
+                    weights = mha_weights(module, a["query"], a["key"], a["value"], a["key_padding_mask"],
+                                          a["attn_mask"], a["is_causal"])
+                method = "recomputed"
+            emit(name, self._record(weights, method, module))
+
+        handles = [dispatch.watch(self.module, post=on_mha)]
+        if self.layer is not None:
+            def on_layer_pre(module, args):
+                calls.append({"fired": False})
+
+            def on_layer_post(module, args, kwargs, output, failed):
+                call = calls.pop() if calls else {"fired": True}
+                if failed or call["fired"]:
+                    return
+                self._fast_path(emit, name, module, bind(module, args, kwargs), state["length"])
+
+            handles.append(dispatch.watch(self.layer, pre=on_layer_pre, post=on_layer_post))
+        if self.encoder is not None:
+            def on_encoder(module, args, kwargs):
+                src = args[0] if args else kwargs.get("src")
+                batch_first = self.module.batch_first
+                state["length"] = None if src is None or src.is_nested else src.shape[1 if batch_first else 0]
+
+            try:
+                handles.append(self.encoder.register_forward_pre_hook(this_thread(on_encoder), with_kwargs=True))
+            except BaseException:
+                for h in handles:
+                    h.remove()
+                raise
+        return handles
+
+    def _fast_path(self, emit: Emit, name: str, layer: nn.Module, a: dict, length: int | None) -> None:
+        mha = self.module
+        src, pad = a["src"], a["src_key_padding_mask"]
+        nested = src.is_nested
+        with torch.no_grad():
+            if nested:
+                src, pad = _unnest(src, length)
+            x = src
+            if getattr(layer, "norm_first", False):
+                x = F.layer_norm(src, layer.norm1.normalized_shape, layer.norm1.weight, layer.norm1.bias,
+                                 layer.norm1.eps)
+            weights = mha_weights(mha, x, x, x, pad, a["src_mask"], False)
+            if nested:
+                weights = weights.masked_fill(pad[:, None, :, None], 0.0)
+        emit(name, self._record(weights, "fast-path-recomputed", mha, nested=nested))
+
+    # ----------------------------------------------------------------- grad: the forward's own weights
+    def _attach_grad(self, emit: Emit) -> list:
+        (name,) = self.names
+        asked: list[tuple[bool, bool, bool]] = []
+
+        def pre(module, args, kwargs):
+            a = bind(module, args, kwargs)
+            asked.append((bool(a["need_weights"]), bool(a["average_attn_weights"]), a["query"].dim() == 3))
+            a["need_weights"], a["average_attn_weights"] = True, False
+            return (), a
+
+        def post(module, args, kwargs, output):
+            need, average, batched = asked.pop()
+            out, weights = output
+            dropout = module.training and module.dropout > 0
+            emit(name, self._record(weights if batched else weights.unsqueeze(0), "returned", module,
+                                    dropout="applied" if dropout else "none"))
+            if not need:
+                return out, None
+            if average:
+                return out, (weights.mean(dim=1) if batched else weights.unsqueeze(0).mean(dim=1).squeeze(0))
+            return None
+
+        # pre-hooks run first-registered first and post-hooks (prepended) last-registered first,
+        # so nested captures restore what the caller asked for in the right order
+        return [self.module.register_forward_pre_hook(this_thread(pre), with_kwargs=True),
+                self.module.register_forward_hook(this_thread(post), with_kwargs=True, prepend=True)]
+
+
+def mha_site(model: nn.Module, module_path: str, *, direction: str | None = None,
+             query_modality: str = "unknown", key_modality: str = "unknown", **meta) -> Tap:
+    """A capture site for the ``nn.MultiheadAttention`` at ``module_path``, with its modalities.
+
+    >>> import attnlens
+    >>> net = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1).eval()
+    >>> tap = mha_site(net, "layers.0.self_attn", query_modality="image", key_modality="image")
+    >>> with torch.no_grad(), attnlens.capture(net, tap) as rec:
+    ...     _ = net(torch.randn(2, 5, 8))
+    >>> rec.maps[0].shape, rec.maps[0].meta["method"]
+    ({'batch': 2, 'head': 2, 'query': 5, 'key': 5}, 'fast-path-recomputed')
+    """
+    from .adapters.generic import module_at
+
+    mha = module_at(model, module_path)
+    if not isinstance(mha, nn.MultiheadAttention):
+        raise CaptureError(f"module {module_path!r} of {type(model).__name__} is a {type(mha).__name__}, "
+                           "not an nn.MultiheadAttention")
+    return _mha_taps(model, {"direction": direction, "query_modality": query_modality,
+                             "key_modality": key_modality, **meta}, only=mha)[0]
+
+
+def _mha_taps(model: nn.Module, meta=None, only=None, exclude=frozenset()) -> list[Tap]:
+    modules = dict(model.named_modules())
+    taps = []
+    for path, m in modules.items():
+        if not isinstance(m, nn.MultiheadAttention) or id(m) in exclude or (only is not None and m is not only):
+            continue
+        parent_path, _, attr = path.rpartition(".")
+        parent = modules.get(parent_path) if path else None
+        layer = encoder = None
+        role = {}
+        if isinstance(parent, nn.TransformerEncoderLayer) and attr == "self_attn":
+            layer = parent
+            owner_path = parent_path.rpartition(".")[0].rpartition(".")[0]  # "enc.layers.0" -> "enc"
+            owner = modules.get(owner_path) if parent_path else None
+            if isinstance(owner, nn.TransformerEncoder) and any(lay is parent for lay in owner.layers):
+                encoder = owner
+            role = {"attention": "self"}
+        elif isinstance(parent, nn.TransformerDecoderLayer):
+            role = {"attention": "self" if attr == "self_attn" else "cross"}
+        taps.append(MhaTap(path or type(model).__name__, m, layer=layer, encoder=encoder,
+                           meta={**role, **dict(meta or {})}))
+    return taps
+
+
+def primitive_taps(model: nn.Module, exclude=frozenset()) -> list[Tap]:
+    """Taps for every ``nn.MultiheadAttention`` of ``model`` and one for the modules whose code
+    calls ``F.scaled_dot_product_attention`` (modules whose ids are in ``exclude`` left out)."""
+    from .sdpa import SdpaTap, sdpa_paths
+
+    taps = _mha_taps(model, exclude=exclude)
+    paths = sdpa_paths(model, exclude)
+    if paths:
+        taps.append(SdpaTap(model, paths))
+    return taps
+
+
+__all__ = ["MhaTap", "bind", "mha_site", "mha_weights", "primitive_taps"]
