@@ -28,13 +28,17 @@ submodules has a forward hook. So these sites use no per-module hook: they watch
 packs a padded batch into a nested tensor, the maps are padded back to the encoder's input
 length; padded keys get weight 0 and padded queries all-zero rows.
 
-**Grad mode** (``capture(..., grad=True)``): the call is made to return its per-head weights
-(``need_weights=True, average_attn_weights=False``) and the recorded map is that tensor, in the
-autograd graph of the output; the caller still receives what it asked for (``None``, or the head
-mean computed as torch computes it). The explicit path replaces the fused kernel, so the output
-changes within float rounding (float32: about 1e-6 relative); with dropout active in training
-the recorded weights are the dropped-out ones the forward used. These sites then hook the MHA
-directly, which also keeps an encoder layer off its fast path for the capture.
+**Grad mode** (``capture(..., grad=True)``): the weights torch returns with ``need_weights=True``
+are a view made *after* they were used, so they are not upstream of the output. Instead, after
+the call, its output is replaced by the same attention computed explicitly from the call's
+inputs (:func:`explicit_mha`: projections, ``softmax(q k^T / sqrt(d) + masks)``, ``@ v``, output
+projection); the recorded map (``meta["method"] = "explicit"``) is the tensor that output was
+computed from. The caller still receives what it asked for (``None``, the per-head weights or
+their head mean, from the same tensor). The output changes within float rounding (float32:
+about 1e-6 relative); with dropout active in training, dropout is applied to the weights used
+(a different random mask from the one the original call drew) and the map holds the weights
+before dropout. These sites hook the MHA directly, which also keeps an encoder layer off its
+fast path.
 
 Modality is ``"unknown"`` on both sides: a self-attention primitive does not say what its
 tokens are. Name them with :func:`mha_site`.
@@ -42,6 +46,7 @@ tokens are. Name them with :func:`mha_site`.
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +109,76 @@ def mha_weights(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tens
         key_padding_mask=key_padding_mask, need_weights=True, attn_mask=attn_mask, average_attn_weights=False,
         is_causal=is_causal, **separate)
     return weights if batched else weights.unsqueeze(0)
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+
+
+def explicit_mha(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, weights)`` of one MHA call computed so that ``weights [batch, head, query, key]``
+    is upstream of ``output`` (grad mode). Same equations as torch's; dropout (in training) is
+    applied to the weights used, not to the returned ones.
+
+    >>> mha = nn.MultiheadAttention(8, 2)
+    >>> x = torch.randn(3, 1, 8)
+    >>> out, w = explicit_mha(mha, x, x, x)
+    >>> torch.allclose(out, mha(x, x, x)[0], atol=1e-6), w.shape
+    (True, torch.Size([1, 2, 3, 3]))
+    """
+    from .sdpa import safe_softmax
+
+    if is_causal and attn_mask is None:
+        raise CaptureError("nn.MultiheadAttention needs attn_mask with is_causal=True")
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+    elif mha.batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    L, B, E = query.shape
+    H = mha.num_heads
+    d = E // H
+    if mha._qkv_same_embed_dim:
+        wq, wk, wv = mha.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+    bq, bk, bv = (None,) * 3 if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
+    q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+    am = _additive(attn_mask, q.dtype)
+    kp = _additive(key_padding_mask, q.dtype)
+    if mha.bias_k is not None:
+        k, v = torch.cat([k, mha.bias_k.repeat(1, B, 1)]), torch.cat([v, mha.bias_v.repeat(1, B, 1)])
+        am = None if am is None else F.pad(am, (0, 1))
+        kp = None if kp is None else F.pad(kp, (0, 1))
+
+    def heads(x):  # [T, B, E] -> [B, H, T, d], torch's (b * H + h) order
+        return x.reshape(x.shape[0], B * H, d).transpose(0, 1).reshape(B, H, x.shape[0], d)
+
+    q, k, v = heads(q), heads(k), heads(v)
+    if mha.add_zero_attn:
+        k = torch.cat([k, k.new_zeros(B, H, 1, d)], dim=2)
+        v = torch.cat([v, v.new_zeros(B, H, 1, d)], dim=2)
+        am = None if am is None else F.pad(am, (0, 1))
+        kp = None if kp is None else F.pad(kp, (0, 1))
+    scores = (q * math.sqrt(1.0 / d)) @ k.transpose(-2, -1)
+    if am is not None:
+        scores = scores + (am.reshape(B, H, L, -1) if am.dim() == 3 else am)
+    if kp is not None:
+        scores = scores + kp[:, None, None, :]
+    weights = safe_softmax(scores)
+    used = F.dropout(weights, mha.dropout) if mha.training and mha.dropout > 0 else weights
+    out = (used @ v).permute(2, 0, 1, 3).reshape(L, B, E)
+    out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+    if not batched:
+        out = out.squeeze(1)
+    elif mha.batch_first:
+        out = out.transpose(0, 1)
+    return out, weights
 
 
 def _unnest(x: torch.Tensor, length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,30 +290,21 @@ class MhaTap(Tap):
     # ----------------------------------------------------------------- grad: the forward's own weights
     def _attach_grad(self, emit: Emit) -> list:
         (name,) = self.names
-        asked: list[tuple[bool, bool, bool]] = []
-
-        def pre(module, args, kwargs):
-            a = bind(module, args, kwargs)
-            asked.append((bool(a["need_weights"]), bool(a["average_attn_weights"]), a["query"].dim() == 3))
-            a["need_weights"], a["average_attn_weights"] = True, False
-            return (), a
 
         def post(module, args, kwargs, output):
-            need, average, batched = asked.pop()
-            out, weights = output
+            a = bind(module, args, kwargs)
+            out, weights = explicit_mha(module, a["query"], a["key"], a["value"], a["key_padding_mask"],
+                                        a["attn_mask"], a["is_causal"])
             dropout = module.training and module.dropout > 0
-            emit(name, self._record(weights if batched else weights.unsqueeze(0), "returned", module,
-                                    dropout="applied" if dropout else "none"))
-            if not need:
+            emit(name, self._record(weights, "explicit", module, dropout="applied" if dropout else "none"))
+            batched = a["query"].dim() == 3
+            if not a["need_weights"]:
                 return out, None
-            if average:
-                return out, (weights.mean(dim=1) if batched else weights.unsqueeze(0).mean(dim=1).squeeze(0))
-            return None
+            if a["average_attn_weights"]:
+                return out, weights.mean(dim=1) if batched else weights.mean(dim=1).squeeze(0)
+            return out, weights if batched else weights.squeeze(0)
 
-        # pre-hooks run first-registered first and post-hooks (prepended) last-registered first,
-        # so nested captures restore what the caller asked for in the right order
-        return [self.module.register_forward_pre_hook(this_thread(pre), with_kwargs=True),
-                self.module.register_forward_hook(this_thread(post), with_kwargs=True, prepend=True)]
+        return [self.module.register_forward_hook(this_thread(post), with_kwargs=True, prepend=True)]
 
 
 def mha_site(model: nn.Module, module_path: str, *, direction: str | None = None,
@@ -299,4 +365,4 @@ def primitive_taps(model: nn.Module, exclude=frozenset()) -> list[Tap]:
     return taps
 
 
-__all__ = ["MhaTap", "bind", "mha_site", "mha_weights", "primitive_taps"]
+__all__ = ["MhaTap", "bind", "explicit_mha", "mha_site", "mha_weights", "primitive_taps"]

@@ -107,13 +107,27 @@ def sdpa_weights(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor
     return safe_softmax(sdpa_scores(query, key, attn_mask, is_causal, scale, enable_gqa)).to(query.dtype)
 
 
-def _bind(args, kwargs) -> dict:
+def bind_sdpa(args, kwargs) -> dict:
+    """The arguments of one SDPA call by name, defaults filled in."""
     if len(args) > len(_PARAMS):
         raise CaptureError(f"scaled_dot_product_attention got {len(args)} positional arguments")
     bound = dict(_DEFAULTS)
     bound.update(zip(_PARAMS, args))
     bound.update(kwargs)
     return bound
+
+
+def explicit_sdpa(a: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, weights)`` of an SDPA call (arguments from :func:`bind_sdpa`) computed as
+    ``softmax(scores) @ v``, so that ``weights`` is in the autograd graph of ``output``; dropout
+    (``dropout_p > 0``) is applied to the weights used, not to the returned ``weights``."""
+    q, v = a["query"], a["value"]
+    weights = safe_softmax(sdpa_scores(q, a["key"], a["attn_mask"], a["is_causal"], a["scale"],
+                                       a["enable_gqa"])).to(q.dtype)
+    used = F.dropout(weights, float(a["dropout_p"])) if a["dropout_p"] else weights
+    if a["enable_gqa"] and v.dim() >= 3 and v.size(-3) != q.size(-3):
+        v = v.repeat_interleave(q.size(-3) // v.size(-3), dim=-3)
+    return torch.matmul(used.to(v.dtype), v), weights
 
 
 # --------------------------------------------------------------------------- static discovery
@@ -161,8 +175,6 @@ def site_name(model: nn.Module, path: str) -> str:
 
 # --------------------------------------------------------------------------- the tap
 class _Mode(TorchFunctionMode):
-    """Intercepts SDPA in the capturing thread while a watched module's forward runs."""
-
     def __init__(self, handler: Callable):
         super().__init__()
         self.handler = handler
@@ -172,6 +184,39 @@ class _Mode(TorchFunctionMode):
         if func is SDPA:
             return self.handler(args, kwargs)
         return func(*args, **kwargs)
+
+
+class ScopedMode:
+    """A TorchFunctionMode sending SDPA calls to ``handler(args, kwargs)``, pushed by
+    :meth:`enter` and popped by the matching :meth:`exit` (re-entrant: pushed once however deep).
+
+    torch pops a mode while the mode handles a call, so SDPA calls made *inside* another torch
+    function with its own override check (``F.multi_head_attention_forward``) are not seen; an
+    ``nn.MultiheadAttention`` has its own site (:mod:`attnlens.capture.primitives`).
+
+    Its ``remove()`` (a hook-handle-like method, for the capture's ``finally``) pops the mode if
+    an error skipped the ``exit`` (``KeyboardInterrupt`` skips torch's always-call hooks).
+    """
+
+    def __init__(self, handler: Callable):
+        self.mode, self.depth = _Mode(handler), 0
+
+    def enter(self) -> None:
+        if self.depth == 0:
+            self.mode.__enter__()
+        self.depth += 1
+
+    def exit(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.mode.__exit__(None, None, None)
+
+    def remove(self) -> None:
+        from torch.overrides import _get_current_function_mode
+
+        if self.depth > 0 and _get_current_function_mode() is self.mode:
+            self.mode.__exit__(None, None, None)
+        self.depth = 0
 
 
 class SdpaTap(Tap):
@@ -198,7 +243,7 @@ class SdpaTap(Tap):
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
         grad = bool(getattr(emit, "grad", False))
         everyone = {id(m): site_name(self.model, p) for p, m in self.model.named_modules()}
-        names = {id(m): n for n, m in self.modules.items() if n in wanted}
+        names = {n for n in self.modules if n in wanted}
 
         def innermost() -> str | None:
             frame = sys._getframe(2)
@@ -213,56 +258,31 @@ class SdpaTap(Tap):
 
         def handler(args, kwargs):
             site = innermost()
-            if site is None or site not in wanted or site not in names.values():
+            if site is None or site not in names:
                 return SDPA(*args, **kwargs)
-            a = _bind(args, kwargs)
-            q, k, v = a["query"], a["key"], a["value"]
+            a = bind_sdpa(args, kwargs)
             meta = {"method": "sdpa", "alignment": "scaled_dot", **self.meta,
                     "is_causal": bool(a["is_causal"]), "enable_gqa": bool(a["enable_gqa"]),
                     "masked": a["attn_mask"] is not None}
             if grad:
-                weights = safe_softmax(sdpa_scores(q, k, a["attn_mask"], a["is_causal"], a["scale"],
-                                                   a["enable_gqa"])).to(q.dtype)
-                used = F.dropout(weights, float(a["dropout_p"])) if a["dropout_p"] else weights
-                if a["enable_gqa"] and v.dim() >= 3 and v.size(-3) != q.size(-3):
-                    v = v.repeat_interleave(q.size(-3) // v.size(-3), dim=-3)
-                out = torch.matmul(used.to(v.dtype), v)
+                out, weights = explicit_sdpa(a)
             else:
                 out = SDPA(*args, **kwargs)
                 with torch.no_grad():
-                    weights = sdpa_weights(q, k, a["attn_mask"], a["is_causal"], a["scale"], a["enable_gqa"])
+                    weights = sdpa_weights(a["query"], a["key"], a["attn_mask"], a["is_causal"], a["scale"],
+                                           a["enable_gqa"])
             from .adapters.generic import default_dims
 
             emit(site, ProbeRecord(weights, None, default_dims(weights.dim()), meta=meta))
             return out
 
-        mode = _Mode(handler)
-        depth = [0]
-
-        def pre(module, args):
-            if depth[0] == 0:
-                mode.__enter__()
-            depth[0] += 1
-
-        def post(module, args, kwargs, output, failed):
-            depth[0] -= 1
-            if depth[0] == 0:
-                mode.__exit__(None, None, None)
-
-        def unwind():  # an error that skipped `post` (e.g. KeyboardInterrupt) left the mode pushed
-            from torch.overrides import _get_current_function_mode
-
-            while depth[0] > 0 and _get_current_function_mode() is mode:
-                mode.__exit__(None, None, None)
-                depth[0] = 0
-
-        from .adapters.generic import _Undo
-
-        handles = [_Undo(unwind)]
+        mode = ScopedMode(handler)
+        handles = [mode]
         try:
             for n, m in self.modules.items():
                 if n in wanted:
-                    handles.append(dispatch.watch(m, pre=pre, post=post))
+                    handles.append(dispatch.watch(m, pre=lambda module, args: mode.enter(),
+                                                  post=lambda module, args, kwargs, output, failed: mode.exit()))
         except BaseException:
             for h in handles:
                 h.remove()
@@ -300,5 +320,5 @@ def sdpa_paths(model: nn.Module, exclude=frozenset()) -> list[str]:
             if id(m) not in exclude and not isinstance(m, nn.MultiheadAttention) and calls_sdpa(type(m))]
 
 
-__all__ = ["SDPA", "SdpaTap", "calls_sdpa", "safe_softmax", "sdpa_paths", "sdpa_scores", "sdpa_site",
-           "sdpa_weights"]
+__all__ = ["SDPA", "ScopedMode", "SdpaTap", "bind_sdpa", "calls_sdpa", "explicit_sdpa", "safe_softmax",
+           "sdpa_paths", "sdpa_scores", "sdpa_site", "sdpa_weights"]
