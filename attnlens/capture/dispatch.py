@@ -11,8 +11,9 @@ Each callback belongs to the thread that registered it and is called only for ca
 makes; calls from other threads (and of unwatched modules) pass through. ``pre(module, args)``
 runs before ``forward`` (the global pre-hook sees positional arguments only);
 ``post(module, args, kwargs, output, failed)`` runs after it, also when it raised
-(``failed=True``, ``kwargs={}``, ``output=None``). Callbacks never change the call's inputs or
-output.
+(``failed=True``, ``kwargs={}``, ``output=None``). A ``post`` that returns something other than
+``None`` replaces the output (for that thread's call only; later callbacks see the replacement);
+inputs are never changed.
 
 >>> from torch import nn
 >>> lin, seen = nn.Linear(2, 2), []
@@ -72,9 +73,13 @@ def _post(module, args, *rest):
         me = threading.get_ident()
         failed = len(rest) != 2  # torch calls always_call hooks as (module, args, result) after an error
         kwargs, output = ({}, None) if failed else rest
+        replaced = None
         for w in reversed(watches):
             if w.thread == me and w.module is module and w.post is not None:
-                w.post(module, args, kwargs, output, failed)
+                new = w.post(module, args, kwargs, output, failed)
+                if new is not None and not failed:
+                    output = replaced = new
+        return replaced
     return None
 
 

@@ -12,11 +12,11 @@ before dropout unless noted (``meta["dropout"]``).
 
 **Default mode: the output is bitwise unchanged.** The call runs as it would without the
 capture (fused ``scaled_dot_product_attention`` or torch's native fast path included); afterwards
-the weights are recomputed from the call's own inputs by torch's explicit path
-(``F.multi_head_attention_forward`` with ``need_weights=True, average_attn_weights=False``,
-dropout off; ``meta["method"] = "recomputed"``), or taken from the output when the caller asked
-for per-head weights (``"returned"``). They equal the weights the fused kernels use up to float
-rounding (float32: about 1e-6).
+the weights are recomputed from the call's own inputs (:func:`mha_weights`: the query and key
+projections, ``softmax(q k^T / sqrt(d) + masks)``, dropout off; ``meta["method"] =
+"recomputed"``), or taken from the output when the caller asked for per-head weights
+(``"returned"``). They equal the weights the fused kernels use up to float rounding (float32:
+about 1e-6).
 
 **The encoder layer's fast path.** In eval mode without gradients ``nn.TransformerEncoderLayer``
 runs one fused kernel and never calls ``self_attn``; it also refuses that path whenever any of its
@@ -37,8 +37,8 @@ computed from. The caller still receives what it asked for (``None``, the per-he
 their head mean, from the same tensor). The output changes within float rounding (float32:
 about 1e-6 relative); with dropout active in training, dropout is applied to the weights used
 (a different random mask from the one the original call drew) and the map holds the weights
-before dropout. These sites hook the MHA directly, which also keeps an encoder layer off its
-fast path.
+before dropout. An encoder layer on its fast path (no autograd: nothing to differentiate) is
+recorded as in the default mode.
 
 Modality is ``"unknown"`` on both sides: a self-attention primitive does not say what its
 tokens are. Name them with :func:`mha_site`.
@@ -76,45 +76,78 @@ def bind(module: nn.Module, args, kwargs) -> dict:
     return out
 
 
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+
+
+def _attention(mha: nn.MultiheadAttention, query, key, value, key_padding_mask, attn_mask, is_causal,
+               values: bool):
+    """Scores ``[B, H, L, S']`` (masks added; torch's bias key and zero key appended) and, with
+    ``values``, the per-head values ``[B, H, S', d]`` and the caller's layout ``(L, B, E, batched)``."""
+    if is_causal and attn_mask is None:
+        raise CaptureError("nn.MultiheadAttention needs attn_mask with is_causal=True")
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+    elif mha.batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    L, B, E = query.shape
+    H = mha.num_heads
+    d = E // H
+    if mha._qkv_same_embed_dim:
+        wq, wk, wv = mha.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+    bq, bk, bv = (None,) * 3 if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
+    q, k = F.linear(query, wq, bq), F.linear(key, wk, bk)
+    v = F.linear(value, wv, bv) if values else None
+    am = _additive(attn_mask, q.dtype)
+    kp = _additive(key_padding_mask, q.dtype)
+    if mha.bias_k is not None:
+        k = torch.cat([k, mha.bias_k.repeat(1, B, 1)])
+        v = None if v is None else torch.cat([v, mha.bias_v.repeat(1, B, 1)])
+        am = None if am is None else F.pad(am, (0, 1))
+        kp = None if kp is None else F.pad(kp, (0, 1))
+
+    def heads(x):  # [T, B, E] -> [B, H, T, d], torch's (b * H + h) order
+        return x.reshape(x.shape[0], B * H, d).transpose(0, 1).reshape(B, H, x.shape[0], d)
+
+    q, k = heads(q), heads(k)
+    v = None if v is None else heads(v)
+    if mha.add_zero_attn:
+        k = torch.cat([k, k.new_zeros(B, H, 1, d)], dim=2)
+        v = None if v is None else torch.cat([v, v.new_zeros(B, H, 1, d)], dim=2)
+        am = None if am is None else F.pad(am, (0, 1))
+        kp = None if kp is None else F.pad(kp, (0, 1))
+    scores = (q * math.sqrt(1.0 / d)) @ k.transpose(-2, -1)
+    if am is not None:
+        scores = scores + (am.reshape(B, H, L, -1) if am.dim() == 3 else am)
+    if kp is not None:
+        scores = scores + kp[:, None, None, :]
+    return scores, v, (L, B, E, batched)
+
+
 def mha_weights(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
     """Per-head weights ``[batch, head, query, key]`` of one ``mha(query, key, value, ...)`` call.
 
-    Recomputed by torch's explicit path with dropout off (module docstring); the inputs are
-    laid out as the module expects them (``batch_first`` or not, or unbatched).
+    The query and key projections, ``softmax(q k^T / sqrt(d) + masks)``, dropout off; the
+    inputs are laid out as the module expects them (``batch_first`` or not, or unbatched). Rows
+    whose keys are all masked are 0.
 
     >>> mha = nn.MultiheadAttention(8, 2, batch_first=True)
     >>> x = torch.randn(1, 3, 8)
     >>> w = mha_weights(mha, x, x, x)
-    >>> torch.allclose(w, mha(x, x, x, average_attn_weights=False)[1])
+    >>> torch.allclose(w, mha(x, x, x, average_attn_weights=False)[1], atol=1e-6)
     True
     """
-    batched = query.dim() == 3
-    if mha.batch_first and batched:  # transpose once, keeping `query is key is value` as MHA does
-        if key is value:
-            if query is key:
-                query = key = value = query.transpose(1, 0)
-            else:
-                query, key = (x.transpose(1, 0) for x in (query, key))
-                value = key
-        else:
-            query, key, value = (x.transpose(1, 0) for x in (query, key, value))
-    separate = {} if mha._qkv_same_embed_dim else dict(
-        use_separate_proj_weight=True, q_proj_weight=mha.q_proj_weight, k_proj_weight=mha.k_proj_weight,
-        v_proj_weight=mha.v_proj_weight)
-    _, weights = F.multi_head_attention_forward(
-        query, key, value, mha.embed_dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.bias_k,
-        mha.bias_v, mha.add_zero_attn, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
-        key_padding_mask=key_padding_mask, need_weights=True, attn_mask=attn_mask, average_attn_weights=False,
-        is_causal=is_causal, **separate)
-    return weights if batched else weights.unsqueeze(0)
+    from .sdpa import safe_softmax
 
-
-def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    if mask is None or mask.dtype != torch.bool:
-        return None if mask is None else mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return safe_softmax(_attention(mha, query, key, value, key_padding_mask, attn_mask, is_causal, False)[0])
 
 
 def explicit_mha(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -132,44 +165,8 @@ def explicit_mha(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Ten
     """
     from .sdpa import safe_softmax
 
-    if is_causal and attn_mask is None:
-        raise CaptureError("nn.MultiheadAttention needs attn_mask with is_causal=True")
-    batched = query.dim() == 3
-    if not batched:
-        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-        key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-    elif mha.batch_first:
-        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-    L, B, E = query.shape
-    H = mha.num_heads
-    d = E // H
-    if mha._qkv_same_embed_dim:
-        wq, wk, wv = mha.in_proj_weight.chunk(3)
-    else:
-        wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
-    bq, bk, bv = (None,) * 3 if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
-    q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
-    am = _additive(attn_mask, q.dtype)
-    kp = _additive(key_padding_mask, q.dtype)
-    if mha.bias_k is not None:
-        k, v = torch.cat([k, mha.bias_k.repeat(1, B, 1)]), torch.cat([v, mha.bias_v.repeat(1, B, 1)])
-        am = None if am is None else F.pad(am, (0, 1))
-        kp = None if kp is None else F.pad(kp, (0, 1))
-
-    def heads(x):  # [T, B, E] -> [B, H, T, d], torch's (b * H + h) order
-        return x.reshape(x.shape[0], B * H, d).transpose(0, 1).reshape(B, H, x.shape[0], d)
-
-    q, k, v = heads(q), heads(k), heads(v)
-    if mha.add_zero_attn:
-        k = torch.cat([k, k.new_zeros(B, H, 1, d)], dim=2)
-        v = torch.cat([v, v.new_zeros(B, H, 1, d)], dim=2)
-        am = None if am is None else F.pad(am, (0, 1))
-        kp = None if kp is None else F.pad(kp, (0, 1))
-    scores = (q * math.sqrt(1.0 / d)) @ k.transpose(-2, -1)
-    if am is not None:
-        scores = scores + (am.reshape(B, H, L, -1) if am.dim() == 3 else am)
-    if kp is not None:
-        scores = scores + kp[:, None, None, :]
+    scores, v, (L, B, E, batched) = _attention(mha, query, key, value, key_padding_mask, attn_mask, is_causal,
+                                               True)
     weights = safe_softmax(scores)
     used = F.dropout(weights, mha.dropout) if mha.training and mha.dropout > 0 else weights
     out = (used @ v).permute(2, 0, 1, 3).reshape(L, B, E)
@@ -216,13 +213,8 @@ class MhaTap(Tap):
         return ProbeRecord(weights, None, DIMS, meta=meta)
 
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
-        if getattr(emit, "grad", False):
-            return self._attach_grad(emit)
-        return self._attach_watch(emit)
-
-    # ----------------------------------------------------------------- default: output untouched
-    def _attach_watch(self, emit: Emit) -> list:
         (name,) = self.names
+        grad = bool(getattr(emit, "grad", False))
         calls: list[dict] = []  # open calls of the owning layer (this thread only)
         state = {"length": None}
 
@@ -230,8 +222,10 @@ class MhaTap(Tap):
             if calls:
                 calls[-1]["fired"] = True
             if failed:
-                return
+                return None
             a = bind(module, args, kwargs)
+            if grad:
+                return self._explicit(emit, name, module, a)
             returned = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             dropout = module.training and module.dropout > 0
             if (a["need_weights"] and not a["average_attn_weights"] and isinstance(returned, torch.Tensor)
@@ -244,6 +238,7 @@ class MhaTap(Tap):
                                           a["attn_mask"], a["is_causal"])
                 method = "recomputed"
             emit(name, self._record(weights, method, module))
+            return None
 
         handles = [dispatch.watch(self.module, post=on_mha)]
         if self.layer is not None:
@@ -287,24 +282,19 @@ class MhaTap(Tap):
                 weights = weights.masked_fill(pad[:, None, :, None], 0.0)
         emit(name, self._record(weights, "fast-path-recomputed", mha, nested=nested))
 
-    # ----------------------------------------------------------------- grad: the forward's own weights
-    def _attach_grad(self, emit: Emit) -> list:
-        (name,) = self.names
-
-        def post(module, args, kwargs, output):
-            a = bind(module, args, kwargs)
-            out, weights = explicit_mha(module, a["query"], a["key"], a["value"], a["key_padding_mask"],
-                                        a["attn_mask"], a["is_causal"])
-            dropout = module.training and module.dropout > 0
-            emit(name, self._record(weights, "explicit", module, dropout="applied" if dropout else "none"))
-            batched = a["query"].dim() == 3
-            if not a["need_weights"]:
-                return out, None
-            if a["average_attn_weights"]:
-                return out, weights.mean(dim=1) if batched else weights.mean(dim=1).squeeze(0)
-            return out, weights if batched else weights.squeeze(0)
-
-        return [self.module.register_forward_hook(this_thread(post), with_kwargs=True, prepend=True)]
+    # ----------------------------------------------------------------- grad: weights upstream of the output
+    def _explicit(self, emit: Emit, name: str, module: nn.Module, a: dict):
+        """Grad mode: the call's output replaced by :func:`explicit_mha`, in what the caller asked for."""
+        out, weights = explicit_mha(module, a["query"], a["key"], a["value"], a["key_padding_mask"],
+                                    a["attn_mask"], a["is_causal"])
+        dropout = module.training and module.dropout > 0
+        emit(name, self._record(weights, "explicit", module, dropout="applied" if dropout else "none"))
+        batched = a["query"].dim() == 3
+        if not a["need_weights"]:
+            return out, None
+        if a["average_attn_weights"]:
+            return out, weights.mean(dim=1) if batched else weights.mean(dim=1).squeeze(0)
+        return out, weights if batched else weights.squeeze(0)
 
 
 def mha_site(model: nn.Module, module_path: str, *, direction: str | None = None,
