@@ -252,12 +252,13 @@ class Capture:
             self.recorder.silent_sites = silent
             fired = len(silent) < len(self.recorder.counts)
             if self.strict and silent and (self.explicit or not fired):
+                hints = {getattr(self.taps[s], "silent_hint", "") for s in silent} - {""}
                 raise CaptureError(
                     f"capture site(s) {', '.join(map(repr, silent))} never produced attention weights inside the "
                     f"capture context (recorded {len(self.recorder)} maps from other sites). Was the model run "
                     "inside the `with` block, through the path that uses these modules"
                     f"{' and layers ' + str(sorted(self.layers)) if self.layers else ''}? "
-                    "Pass strict=False to allow silent sites.")
+                    + "".join(f"{h} " for h in sorted(hints)) + "Pass strict=False to allow silent sites.")
         return False
 
     def _remove(self) -> None:
@@ -363,12 +364,19 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
 
     Args:
         model: any ``nn.Module``; attnlens models expose their attention through
-            ``AttentionProbe`` modules, transformers models through the adapters.
+            ``AttentionProbe`` modules, transformers models through the adapters, torch
+            primitives (MHA, transformer layers, SDPA) through their own taps.
         sites: ``None`` (every site), an fnmatch/regex pattern on site names, a callable
-            ``(name, module) -> bool``, a :class:`~attnlens.capture.sites.Tap`, or a list.
+            ``(name, module) -> bool``, a :class:`~attnlens.capture.sites.Tap`, or a list. A
+            module path that names no other site records the ``F.scaled_dot_product_attention``
+            calls of that module (:mod:`attnlens.capture.sdpa`); ``nn.MultiheadAttention``
+            modules are sites of their own (:mod:`attnlens.capture.primitives`).
         heads: head indices to keep (maps with a ``"head"`` axis; the axis is kept).
         queries: indices to keep along the query axis (second-last).
-        layers: layer indices to keep (from the site's meta or its module path).
+        layers: layer indices to keep (from the site's meta or its module path). ``heads``,
+            ``queries`` and ``layers`` take an int or a flat sequence (list, tuple, range, 1-D
+            integer tensor or array) of ints; a str, float, bool or nested value raises
+            ``DTypeError`` / ``ShapeError`` naming the argument.
         reduce_heads: ``"mean"`` or ``"max"`` over the head axis, on the fly.
         keep_scores: also keep the pre-normalisation scores when the site provides them.
         to_cpu: move maps to the CPU (they are always detached).

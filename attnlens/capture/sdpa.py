@@ -228,6 +228,10 @@ class SdpaTap(Tap):
         meta: recorded with each map (``query_modality``, ``key_modality``, ``direction`` ...).
     """
 
+    silent_hint = ("A module-path site records the F.scaled_dot_product_attention calls made by that module's "
+                   "own forward; calls made inside its submodules are recorded under the submodule's path "
+                   "(name the module that makes the call).")
+
     def __init__(self, model: nn.Module, paths, meta=None):
         modules = dict(model.named_modules())
         chosen = {}
