@@ -224,3 +224,37 @@ def test_index_options_accept_ints_and_flat_sequences(value):
     with attnlens.capture(model, layers=value) as rec:
         model(*inputs())
     assert {m.layer for m in rec.maps} == {1}
+
+
+def test_other_thread_runs_while_the_capturing_thread_is_inside_a_watched_module():
+    """The main thread waits inside an SDPA site (its TorchFunctionMode pushed) while another
+    thread runs the whole model: the other thread's SDPA calls are neither seen nor changed."""
+    torch.manual_seed(2)
+    net, x = Net(), torch.randn(2, 4, 8)
+    with torch.no_grad():
+        expected = net(x)
+    gate, main = threading.Event(), threading.get_ident()
+
+    def wait(module, args, output):
+        if threading.get_ident() == main:
+            assert gate.wait(10)
+
+    handle = net.blocks[0].attn.out.register_forward_hook(wait)
+    other = {}
+
+    def second():
+        with torch.no_grad():
+            other["out"] = net(x)
+            other["modes"] = torch._C._len_torch_function_stack()
+        gate.set()
+
+    t = threading.Thread(target=second)
+    try:
+        with torch.no_grad(), attnlens.capture(net) as rec:
+            t.start()
+            mine = net(x)
+        t.join(10)
+    finally:
+        handle.remove()
+    assert len(rec) == 2 and other["modes"] == 0
+    assert torch.equal(other["out"], expected) and torch.equal(mine, expected)
