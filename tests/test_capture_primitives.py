@@ -408,10 +408,12 @@ def test_grad_mode_mha_weights_are_the_forward_s_own():
     no_leftovers(model)
 
 
-def test_grad_mode_sdpa_weights_are_in_the_graph():
+@pytest.mark.parametrize("init, options", [(dict(heads=2), dict(is_causal=True)),
+                                           (dict(heads=4, kv_heads=2), dict(enable_gqa=True, scale=0.3))])
+def test_grad_mode_sdpa_weights_are_in_the_graph(init, options):
     torch.manual_seed(6)
-    net = Net(n=1, heads=2)
-    net.blocks[0].attn.options = dict(is_causal=True)
+    net = Net(n=1, **init)
+    net.blocks[0].attn.options = options
     x = torch.randn(2, T, 8)
     expected = net(x)
     with attnlens.capture(net, grad=True) as rec:
@@ -422,6 +424,9 @@ def test_grad_mode_sdpa_weights_are_in_the_graph():
     (g,) = torch.autograd.grad(out.sum(), [w])
     attn = net.blocks[0].attn
     q, k, v = attn.qkv(x)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    torch.testing.assert_close(w, ref.sdpa_weights(q, k, None, options.get("is_causal", False), options.get("scale"),
+                                                   options.get("enable_gqa", False)), atol=ATOL, rtol=0)
     leaf = w.detach().clone().requires_grad_()
     y = net.blocks[0].mlp(x + attn.out((leaf @ v).transpose(1, 2).flatten(2)))
     (g_ref,) = torch.autograd.grad(y.sum(), [leaf])
