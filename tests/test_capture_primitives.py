@@ -21,6 +21,7 @@ from attnlens.errors import CaptureError
 from test_capture import global_hooks, hooks_left
 
 ATOL = 1e-5
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 
 
 def no_leftovers(model):

@@ -19,6 +19,8 @@ from attnlens.models.attention import CrossAttention, ProbeRecord
 from test_capture import TwoWay, hooks_left, inputs
 from test_capture_primitives import Net, encoder
 
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+
 
 class Returns(nn.Module):
     """Returns its weights only when asked (``output_attentions``), like transformers' modules.
