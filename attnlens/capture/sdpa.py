@@ -23,7 +23,11 @@ however the function was imported (``from torch.nn.functional import
 scaled_dot_product_attention as sdpa`` included); nothing is patched, so
 ``F.scaled_dot_product_attention`` stays the original object, and the mode is pushed and popped
 around each watched call (:mod:`attnlens.capture.dispatch`; also popped on exit if an error
-escaped). Other threads and modules are never intercepted. A mode makes torch's fused fast
+escaped). Other threads and modules are never intercepted. The innermost module is read from
+the Python frames of the call (the nearest ``Module.__call__`` or ``forward`` frame whose
+``self`` belongs to the model) only when an SDPA call arrives, instead of keeping a module stack
+with hooks on every module: such hooks would cost on every module call and switch
+``nn.TransformerEncoderLayer`` off its fused fast path. A mode makes torch's fused fast
 paths step aside, so an ``nn.MultiheadAttention`` *inside* a watched module runs its regular
 path for the capture (its own site, :mod:`attnlens.capture.primitives`, does not need this).
 
