@@ -240,6 +240,9 @@ def test_site_selection_by_path_layers_and_factory_modalities():
     assert amap.shape == {"batch": 1, "head": 1, "query": 1, "key": 3}
     with pytest.raises(CaptureError, match="not an nn.MultiheadAttention"):
         mha_site(enc, "layers.0.linear1")
+    with torch.no_grad(), attnlens.capture(enc, "layers.0.self_attn", tokens="a red dog") as rec:
+        enc(src)  # unknown-modality sides take the tokens they fit
+    assert rec.maps[0].sel(query="red").shape == {"batch": 1, "head": 2, "key": 3}
 
 
 # --------------------------------------------------------------------------- scaled_dot_product_attention

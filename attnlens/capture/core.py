@@ -343,6 +343,8 @@ class Capture:
                                        f"has size {n}; pass tokens for a single example, or attach them later "
                                        "with AttentionMap.with_sides")
                 tokens = self.tokens
+            elif modality == "unknown" and self.tokens is not None and tokens is None and len(self.tokens) == n:
+                tokens = self.tokens  # a primitive's side of unknown modality that fits the given tokens
             if modality == "image":
                 grid = self.region_meta.get("grid", grid)
                 transform = self.region_meta.get("transform")
@@ -386,7 +388,8 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
         spill_format: ``"safetensors"`` or ``"npz"``.
         tokens: words of the text side (a list, or a string split on whitespace), for a single
             example; for batches of different captions attach them later with
-            ``amap.isel(batch=i).with_sides(tokens=...)``.
+            ``amap.isel(batch=i).with_sides(tokens=...)``. Also attached to a side of
+            ``"unknown"`` modality (torch primitives) whose length they match.
         regions: :class:`~attnlens.types.Regions` of the image side, for a single example.
         region_meta: ``{"grid": (rows, cols), "transform": {...}}`` for a patch model's image
             side (see :func:`attnlens.capture.patches.patch_boxes`).
