@@ -61,6 +61,18 @@ DIMS = ("batch", "head", "query", "key")
 _SIGNATURES: dict[type, inspect.Signature] = {}
 
 
+_MHA_PARAMS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights")
+
+
+def mha_like(cls: type) -> bool:
+    """Whether ``cls`` is an ``nn.MultiheadAttention`` whose ``forward`` takes MHA's arguments."""
+    if not issubclass(cls, nn.MultiheadAttention):
+        return False
+    if cls not in _SIGNATURES:
+        _SIGNATURES[cls] = inspect.signature(cls.forward)
+    return all(p in _SIGNATURES[cls].parameters for p in _MHA_PARAMS)
+
+
 def bind(module: nn.Module, args, kwargs) -> dict:
     """The arguments of one call of ``module.forward`` by name, defaults filled in."""
     cls = type(module)
@@ -235,7 +247,7 @@ class MhaTap(Tap):
             else:
                 with torch.no_grad():
                     weights = mha_weights(module, a["query"], a["key"], a["value"], a["key_padding_mask"],
-                                          a["attn_mask"], a["is_causal"])
+                                          a["attn_mask"], a.get("is_causal", False))
                 method = "recomputed"
             emit(name, self._record(weights, method, module))
             return None
@@ -286,7 +298,7 @@ class MhaTap(Tap):
     def _explicit(self, emit: Emit, name: str, module: nn.Module, a: dict):
         """Grad mode: the call's output replaced by :func:`explicit_mha`, in what the caller asked for."""
         out, weights = explicit_mha(module, a["query"], a["key"], a["value"], a["key_padding_mask"],
-                                    a["attn_mask"], a["is_causal"])
+                                    a["attn_mask"], a.get("is_causal", False))
         dropout = module.training and module.dropout > 0
         emit(name, self._record(weights, "explicit", module, dropout="applied" if dropout else "none"))
         batched = a["query"].dim() == 3
@@ -312,9 +324,9 @@ def mha_site(model: nn.Module, module_path: str, *, direction: str | None = None
     from .adapters.generic import module_at
 
     mha = module_at(model, module_path)
-    if not isinstance(mha, nn.MultiheadAttention):
+    if not mha_like(type(mha)):
         raise CaptureError(f"module {module_path!r} of {type(model).__name__} is a {type(mha).__name__}, "
-                           "not an nn.MultiheadAttention")
+                           "not an nn.MultiheadAttention taking its arguments")
     return _mha_taps(model, {"direction": direction, "query_modality": query_modality,
                              "key_modality": key_modality, **meta}, only=mha)[0]
 
@@ -323,7 +335,7 @@ def _mha_taps(model: nn.Module, meta=None, only=None, exclude=frozenset()) -> li
     modules = dict(model.named_modules())
     taps = []
     for path, m in modules.items():
-        if not isinstance(m, nn.MultiheadAttention) or id(m) in exclude or (only is not None and m is not only):
+        if not mha_like(type(m)) or id(m) in exclude or (only is not None and m is not only):
             continue
         parent_path, _, attr = path.rpartition(".")
         parent = modules.get(parent_path) if path else None

@@ -326,8 +326,10 @@ def sdpa_site(model: nn.Module, module_path: str, *, direction: str | None = Non
 def sdpa_paths(model: nn.Module, exclude=frozenset()) -> list[str]:
     """Paths of the modules of ``model`` whose code calls SDPA (not ``nn.MultiheadAttention``, not
     torch's own modules, not the ids in ``exclude``)."""
+    from .primitives import mha_like
+
     return [p for p, m in model.named_modules()
-            if id(m) not in exclude and not isinstance(m, nn.MultiheadAttention) and calls_sdpa(type(m))]
+            if id(m) not in exclude and not mha_like(type(m)) and calls_sdpa(type(m))]
 
 
 __all__ = ["SDPA", "ScopedMode", "SdpaTap", "bind_sdpa", "calls_sdpa", "explicit_sdpa", "safe_softmax",
