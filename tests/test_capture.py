@@ -399,14 +399,15 @@ def test_budget_spills_and_reads_back_lazily(tmp_path, fmt):
     store = rec.store
     assert len(rec) == 20 and store.spilled_count > 0 and store.shards
     assert store.peak_bytes_in_memory <= 3 * one + one and store.bytes_in_memory <= 3 * one
-    assert all(p.parent == tmp_path / "spill" and p.suffix == f".{fmt}" for p in store.shards)
+    assert all(p.parent == store.spill_dir and p.parent.parent == tmp_path / "spill" and p.suffix == f".{fmt}"
+               for p in store.shards)
     for a, b in zip(ref.maps, rec.maps):
         assert torch.equal(a.weights, b.weights) and torch.equal(a.scores, b.scores)
         assert (a.site, a.dims, a.layer, a.alignment, a.direction) == (b.site, b.dims, b.layer, b.alignment, b.direction)
         assert a.meta == b.meta
     assert [len(v) for v in rec.by_site().values()] == [5, 5, 5, 5]
     rec.close()
-    assert not any((tmp_path / "spill").glob(f"*.{fmt}"))
+    assert not any((tmp_path / "spill").rglob(f"*.{fmt}")) and not store.spill_dir.exists()
 
 
 def test_temporary_spill_dir_is_removed_on_close():

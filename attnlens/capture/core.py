@@ -13,6 +13,12 @@ Inside the context the model runs unchanged; forward hooks on the chosen sites (
 :class:`~attnlens.attention_map.AttentionMap`. Every hook handle is removed in ``finally``,
 whether the block ends normally or with an exception.
 
+A capture belongs to the thread that opened it: only the calls that thread makes are recorded.
+Another thread running the same model meanwhile is neither recorded nor changed (no forced
+``output_attentions``, nothing stripped from its outputs). Captures nest: two open captures of
+one model each record every call. ``heads=``, ``queries=`` and ``layers=`` take an int or a flat
+sequence of ints; anything else raises a ``DTypeError`` / ``ShapeError`` naming the argument.
+
 Maps are detached (and on the CPU with ``to_cpu``), unless ``grad=True`` keeps them in the
 autograd graph for gradient-based explanations. Padded queries (masked by the site) have
 all-zero rows and padded keys zero weight; the masks themselves are not kept.
@@ -23,6 +29,7 @@ metadata (alignment, norm, temperature, chunk offsets such as ``image_offset``).
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Iterable, Mapping
 
@@ -32,7 +39,8 @@ from torch import nn
 from ..attention_map import AttentionMap, Side
 from ..errors import CaptureError, ShapeError
 from ..models.attention import ProbeRecord
-from .sites import select
+from . import dispatch
+from .sites import Emitter, check_indices, select, this_thread
 from .store import MapStore
 
 _PROMOTED = ("alignment", "direction", "layer")
@@ -189,15 +197,17 @@ class Capture:
                                f"memory_budget must be None (got {memory_budget})")
         if reduce_heads not in (None, "mean", "max"):
             raise CaptureError(f"reduce_heads must be None, 'mean' or 'max', got {reduce_heads!r}")
+        heads, queries, layers = (check_indices(n, v) for n, v in
+                                  (("heads", heads), ("queries", queries), ("layers", layers)))
         self.model = model
         self.explicit = sites is not None
         self.taps = select(model, sites, layers)
         if not self.taps:
             raise CaptureError(f"the site filter {sites!r} (layers={layers}) selected no site of "
                                f"{type(model).__name__}")
-        self.heads = None if heads is None else torch.as_tensor(heads, dtype=torch.long).reshape(-1)
-        self.queries = None if queries is None else torch.as_tensor(queries, dtype=torch.long).reshape(-1)
-        self.layers = None if layers is None else {int(x) for x in layers}
+        self.heads = None if heads is None else torch.tensor(heads, dtype=torch.long)
+        self.queries = None if queries is None else torch.tensor(queries, dtype=torch.long)
+        self.layers = None if layers is None else set(layers)
         self.reduce_heads, self.keep_scores, self.to_cpu, self.strict = reduce_heads, keep_scores, to_cpu, strict
         self.grad = bool(grad)
         if isinstance(tokens, str):
@@ -209,20 +219,27 @@ class Capture:
         self.recorder = Recorder(list(self.taps), self.store)
         self._handles: list = []
         self._forward = -1
+        self._owner: int | None = None
 
     # ----------------------------------------------------------------- hooks
     def __enter__(self) -> Recorder:
         if self._handles:
             raise CaptureError("this capture context is already active; make a new one with attnlens.capture(...)")
+        self._owner = threading.get_ident()
+        emit = Emitter(self._emit, grad=self.grad, owner=self._owner)
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._count_forward))
+            if isinstance(self.model, (nn.TransformerEncoderLayer, nn.MultiheadAttention)):
+                # a hook on these would switch an encoder layer off its fused fast path
+                self._handles.append(dispatch.watch(self.model, pre=self._count_forward))
+            else:
+                self._handles.append(self.model.register_forward_pre_hook(this_thread(self._count_forward)))
             attached = set()
             for name, tap in self.taps.items():
                 if id(tap) in attached:
                     continue
                 attached.add(id(tap))
                 wanted = frozenset(n for n in tap.names if n in self.taps)
-                self._handles.extend(tap.attach(self._emit, wanted))
+                self._handles.extend(tap.attach(emit, wanted))
         except BaseException:
             self._remove()
             raise
@@ -235,12 +252,13 @@ class Capture:
             self.recorder.silent_sites = silent
             fired = len(silent) < len(self.recorder.counts)
             if self.strict and silent and (self.explicit or not fired):
+                hints = {getattr(self.taps[s], "silent_hint", "") for s in silent} - {""}
                 raise CaptureError(
                     f"capture site(s) {', '.join(map(repr, silent))} never produced attention weights inside the "
                     f"capture context (recorded {len(self.recorder)} maps from other sites). Was the model run "
                     "inside the `with` block, through the path that uses these modules"
                     f"{' and layers ' + str(sorted(self.layers)) if self.layers else ''}? "
-                    "Pass strict=False to allow silent sites.")
+                    + "".join(f"{h} " for h in sorted(hints)) + "Pass strict=False to allow silent sites.")
         return False
 
     def _remove(self) -> None:
@@ -259,7 +277,7 @@ class Capture:
 
     # ----------------------------------------------------------------- records -> maps
     def _emit(self, site: str, record: ProbeRecord) -> None:
-        if site not in self.taps:
+        if site not in self.taps or threading.get_ident() != self._owner:
             return
         meta = dict(record.meta)
         layer = meta.pop("layer", None)
@@ -325,6 +343,8 @@ class Capture:
                                        f"has size {n}; pass tokens for a single example, or attach them later "
                                        "with AttentionMap.with_sides")
                 tokens = self.tokens
+            elif modality == "unknown" and self.tokens is not None and tokens is None and len(self.tokens) == n:
+                tokens = self.tokens  # a primitive's side of unknown modality that fits the given tokens
             if modality == "image":
                 grid = self.region_meta.get("grid", grid)
                 transform = self.region_meta.get("transform")
@@ -346,12 +366,19 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
 
     Args:
         model: any ``nn.Module``; attnlens models expose their attention through
-            ``AttentionProbe`` modules, transformers models through the adapters.
+            ``AttentionProbe`` modules, transformers models through the adapters, torch
+            primitives (MHA, transformer layers, SDPA) through their own taps.
         sites: ``None`` (every site), an fnmatch/regex pattern on site names, a callable
-            ``(name, module) -> bool``, a :class:`~attnlens.capture.sites.Tap`, or a list.
+            ``(name, module) -> bool``, a :class:`~attnlens.capture.sites.Tap`, or a list. A
+            module path that names no other site records the ``F.scaled_dot_product_attention``
+            calls of that module (:mod:`attnlens.capture.sdpa`); ``nn.MultiheadAttention``
+            modules are sites of their own (:mod:`attnlens.capture.primitives`).
         heads: head indices to keep (maps with a ``"head"`` axis; the axis is kept).
         queries: indices to keep along the query axis (second-last).
-        layers: layer indices to keep (from the site's meta or its module path).
+        layers: layer indices to keep (from the site's meta or its module path). ``heads``,
+            ``queries`` and ``layers`` take an int or a flat sequence (list, tuple, range, 1-D
+            integer tensor or array) of ints; a str, float, bool or nested value raises
+            ``DTypeError`` / ``ShapeError`` naming the argument.
         reduce_heads: ``"mean"`` or ``"max"`` over the head axis, on the fly.
         keep_scores: also keep the pre-normalisation scores when the site provides them.
         to_cpu: move maps to the CPU (they are always detached).
@@ -361,7 +388,8 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
         spill_format: ``"safetensors"`` or ``"npz"``.
         tokens: words of the text side (a list, or a string split on whitespace), for a single
             example; for batches of different captions attach them later with
-            ``amap.isel(batch=i).with_sides(tokens=...)``.
+            ``amap.isel(batch=i).with_sides(tokens=...)``. Also attached to a side of
+            ``"unknown"`` modality (torch primitives) whose length they match.
         regions: :class:`~attnlens.types.Regions` of the image side, for a single example.
         region_meta: ``{"grid": (rows, cols), "transform": {...}}`` for a patch model's image
             side (see :func:`attnlens.capture.patches.patch_boxes`).

@@ -9,9 +9,14 @@ memory; the freed heap memory is handed back to the OS (glibc ``malloc_trim``). 
 spilled map back (``store[i]``) loads only that map's tensors from its shard, every time, so a
 capture over a whole dataset holds at most ``memory_budget`` bytes of tensors (plus one map).
 
-Shards are written atomically (temporary file in the same folder, then ``os.replace``). A
-temporary spill folder made by the store is deleted by :meth:`MapStore.close` or when the store
-is garbage-collected; a folder given by the caller is left in place.
+Shards are written atomically (temporary file in the same folder, then ``os.replace``). Each
+store writes into a folder of its own: a new temporary folder, or with ``spill_dir`` a new
+private subfolder ``attnlens-capture-*`` of it (made when the store is built), so two stores
+given the same ``spill_dir`` never read, overwrite or delete each other's shards. That folder is
+deleted by :meth:`MapStore.close` or when the store is garbage-collected; the caller's
+``spill_dir`` itself is left in place. A ``spill_dir`` that cannot be written raises a
+:class:`~attnlens.errors.CaptureError` naming it when the store is built, and a shard that cannot
+be written raises one at that spill with every map still in memory (nothing is lost).
 """
 from __future__ import annotations
 
@@ -55,7 +60,8 @@ class MapStore(Sequence):
 
     Args:
         memory_budget: bytes of map tensors to hold in memory (``None`` = unbounded).
-        spill_dir: folder for the shards (default: a new temporary folder, deleted on close).
+        spill_dir: folder in which the store makes its own shard folder (default: the system's
+            temporary folder); the store's folder is deleted on close.
         fmt: ``"safetensors"`` (default) or ``"npz"``.
 
     >>> store = MapStore(memory_budget=100)  # each map below holds 80 bytes: spills on every 2nd
@@ -82,6 +88,8 @@ class MapStore(Sequence):
         self._given_dir = None if spill_dir is None else Path(spill_dir)
         self._dir: Path | None = None
         self._finalizer = None
+        if self._given_dir is not None:
+            self._folder()  # fail now, naming the folder, rather than at the first spill
 
     # ----------------------------------------------------------------- sequence
     def __len__(self) -> int:
@@ -144,9 +152,14 @@ class MapStore(Sequence):
                 with open(tmp, "wb") as fh:
                     np.savez(fh, **{k: v.numpy() for k, v in tensors.items()})
             os.replace(tmp, path)
+        except Exception as exc:  # OSError, or safetensors' own error for a failed write
+            raise CaptureError(f"cannot write spill shard {path} (spill folder {folder}): {exc}; the "
+                               f"{len(self._held)} maps it would hold are still in memory") from exc
         finally:
-            if tmp.exists():
+            try:
                 tmp.unlink()
+            except OSError:
+                pass
         self.shards.append(path)
         for i in self._held:
             amap = self._entries[i]
@@ -158,12 +171,15 @@ class MapStore(Sequence):
 
     def _folder(self) -> Path:
         if self._dir is None:
-            if self._given_dir is not None:
-                self._given_dir.mkdir(parents=True, exist_ok=True)
-                self._dir = self._given_dir
-            else:
-                self._dir = Path(tempfile.mkdtemp(prefix="attnlens-capture-"))
-                self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+            parent = self._given_dir
+            try:
+                if parent is not None:
+                    parent.mkdir(parents=True, exist_ok=True)
+                self._dir = Path(tempfile.mkdtemp(prefix="attnlens-capture-", dir=parent))
+            except OSError as exc:
+                where = parent if parent is not None else f"the temporary folder {tempfile.gettempdir()}"
+                raise CaptureError(f"cannot write to the spill folder {where}: {exc}") from exc
+            self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
         return self._dir
 
     # ----------------------------------------------------------------- reading
@@ -194,11 +210,12 @@ class MapStore(Sequence):
     # ----------------------------------------------------------------- lifetime
     @property
     def spill_dir(self) -> Path | None:
-        """The folder holding the shards (``None`` until the first spill)."""
+        """The store's own folder holding the shards (inside ``spill_dir`` when one was given;
+        ``None`` until the first spill otherwise)."""
         return self._dir
 
     def close(self) -> None:
-        """Forget every map; delete the shards (and the folder, if the store made it)."""
+        """Forget every map; delete the shards and the store's own folder."""
         for path in self.shards:
             if path.exists():
                 path.unlink()

@@ -5,6 +5,10 @@ after a softmax, or any attention module returning its weights. :func:`hook_retu
 makes a transformers-style attention module return its weights for the capture (by setting its
 ``output_attentions`` argument) and strips them again when the caller did not ask for them, so
 the model's outputs are unchanged; the maps carry ``meta["method"] = "returned"``.
+
+Every hook here acts only on the calls of the thread that opened the capture
+(:func:`~attnlens.capture.sites.this_thread`): another thread running the model meanwhile gets
+no forced flag and nothing stripped, and is not recorded.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from torch import nn
 
 from ...errors import CaptureError
 from ...models.attention import ProbeRecord
-from ..sites import Emit, Tap
+from ..sites import Emit, Tap, this_thread
 
 
 def module_at(model: nn.Module, path: str) -> nn.Module:
@@ -54,6 +58,7 @@ class OutputTap(Tap):
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
         (name,) = self.names
 
+        @this_thread
         def hook(module, args, output):
             out = output
             if isinstance(out, (tuple, list)):
@@ -108,13 +113,15 @@ def hook_returned_weights(module: nn.Module, callback: Callable, *, flag: str = 
     ``callback(args, kwargs, weights)`` gets the call's arguments and ``output[index]``. With
     ``force`` the ``flag`` argument (keyword, or positional at ``position`` when passed so) is
     set to True for the call; if the caller had not asked for the weights they are removed from
-    the output again, so the model sees exactly what it would have without the capture.
+    the output again, so the model sees exactly what it would have without the capture. Only
+    the calls of the thread calling this function (the one opening the capture) are touched.
 
     Returns:
         The two hook handles.
     """
     requested: list[bool] = []
 
+    @this_thread
     def pre(mod, args, kwargs):
         if not force:
             return None
@@ -126,6 +133,7 @@ def hook_returned_weights(module: nn.Module, callback: Callable, *, flag: str = 
             kwargs = {**kwargs, flag: True}
         return args, kwargs
 
+    @this_thread
     def post(mod, args, kwargs, output):
         was = requested.pop() if force else True
         callback(args, kwargs, output[index])
@@ -187,6 +195,7 @@ class AttentionOutputTap(Tap):
         undo, switched = eager_switch(self.module)
         method = "eager-switch" if switched else "returned"
 
+        @this_thread
         def hook(module, args, output):
             weights = output[self.index] if isinstance(output, (tuple, list)) else None
             if not isinstance(weights, torch.Tensor):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...models.attention import ProbeRecord
-from ..sites import Emit, Tap, layer_from_path
+from ..sites import Emit, Tap, layer_from_path, this_thread
 from .generic import hook_returned_weights
 
 _MODULE = "transformers.models.lxmert"
@@ -44,6 +44,7 @@ class LxmertCrossTap(Tap):
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
         state = {"lang": None, "visual": None, "calls": 0}
 
+        @this_thread
         def on_layer(mod, args, kwargs):
             state["lang"] = args[0] if len(args) > 0 else kwargs.get("lang_feats")
             state["visual"] = args[2] if len(args) > 2 else kwargs.get("visual_feats")

@@ -20,7 +20,7 @@ from torch import nn
 
 from ...errors import CaptureError
 from ...models.attention import ProbeRecord
-from ..sites import Emit, Tap, layer_from_path
+from ..sites import Emit, Tap, layer_from_path, this_thread
 from .generic import hook_returned_weights
 
 _MODULE = "transformers.models.visual_bert"
@@ -48,6 +48,7 @@ class VisualBertTap(Tap):
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
         state = {"text": None}
 
+        @this_thread
         def on_embed(mod, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
             embeds = kwargs.get("inputs_embeds")
