@@ -82,9 +82,12 @@ def taps(model: nn.Module, *, drop_cls: bool = False) -> list[Tap]:
     Args:
         drop_cls: remove the ``[CLS]`` image token from the keys (keys = grid cells only).
     """
+    found = [(path, m) for path, m in model.named_modules()
+             if _is(m, "BlipTextSelfAttention") and path.endswith("crossattention.self")]
+    if not found:  # read the config only for a BLIP model (other configs may refuse unknown attributes)
+        return []
     grid = config_grid(model)
-    return [BlipCrossTap(path, m, grid, drop_cls) for path, m in model.named_modules()
-            if _is(m, "BlipTextSelfAttention") and path.endswith("crossattention.self")]
+    return [BlipCrossTap(path, m, grid, drop_cls) for path, m in found]
 
 
 find_taps = taps

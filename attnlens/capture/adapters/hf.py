@@ -65,8 +65,10 @@ def vision_grid(vision_config, drop: int = 0) -> tuple[tuple[int, int] | None, d
     >>> vision_grid(C())
     ((4, 4), {'resize': (32, 32)})
     """
-    size = getattr(vision_config, "image_size", None)
-    patch = getattr(vision_config, "patch_size", None)
+    try:  # some configs raise their own errors for absent attributes
+        size, patch = getattr(vision_config, "image_size", None), getattr(vision_config, "patch_size", None)
+    except Exception:
+        return None, None
     if size is None or patch is None:
         return None, None
     h, w = (size, size) if isinstance(size, int) else tuple(size)
