@@ -104,15 +104,19 @@ def blip2_like(cls_model, cls_config, **extra):
 
 
 # --------------------------------------------------------------------------- decoder-only
-def check_decoder(model, inputs, grid=None):
+def check_decoder(model, inputs, grid=None, method="auto"):
+    sites = None if method == "auto" else adapters.llava.taps(model, method=method)
     with torch.no_grad():
         ref = eager_copy(model)(**inputs, output_attentions=True)
         plain = model(**inputs)
         before_hooks, before_impl = hook_state(model), impls(model)
-        with attnlens.capture(model) as rec:
+        with attnlens.capture(model, sites) as rec:
             out = model(**inputs)
     assert hook_state(model) == before_hooks and impls(model) == before_impl
-    torch.testing.assert_close(out.logits, plain.logits, atol=1e-5, rtol=1e-5)  # fused vs eager: float rounding
+    if rec.maps[0].meta["method"] == "rows":  # the fused kernel computed the output: exactly the plain one
+        assert torch.equal(out.logits, plain.logits)
+    else:  # fused vs eager: float rounding
+        torch.testing.assert_close(out.logits, plain.logits, atol=1e-5, rtol=1e-5)
     text, image = split(inputs["input_ids"])
     maps = list(rec.maps)
     assert len(maps) == len(ref.attentions) >= 2
@@ -125,11 +129,13 @@ def check_decoder(model, inputs, grid=None):
     return rec
 
 
-def test_llava_blocks_equal_eager_output_attentions(llava):
+@pytest.mark.parametrize("method", ["auto", "eager"])
+def test_llava_blocks_equal_eager_output_attentions(llava, method):
     model, inputs = llava
-    rec = check_decoder(model, inputs, grid=(4, 4))
+    rec = check_decoder(model, inputs, grid=(4, 4), method=method)
     m = rec.maps[0]
-    assert m.dims == ("batch", "head", "word", "patch") and m.meta["method"] == "eager-switch"
+    assert m.dims == ("batch", "head", "word", "patch")
+    assert m.meta["method"] == {"auto": "rows", "eager": "eager-switch"}[method]
     assert m.key.transform == {"resize": (32, 32)}
     assert m.weights.untyped_storage().nbytes() == m.weights.numel() * m.weights.element_size()  # no full T x T kept
 
@@ -137,7 +143,9 @@ def test_llava_blocks_equal_eager_output_attentions(llava):
 def test_llava_batch_with_different_image_positions(llava):
     model, _ = llava
     ids = torch.cat([ids_with_image(16, before=2, after=3, seed=4), ids_with_image(16, before=4, after=1, seed=5)])
-    inputs = dict(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32))
+    ids[0, :2] = 0  # left padding: masked keys (a boolean mask in the fused path)
+    mask = (ids != 0).long()
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 32, 32))
     with torch.no_grad():
         ref = eager_copy(model)(**inputs, output_attentions=True)
         with attnlens.capture(model, layers=[1]) as rec:
@@ -189,7 +197,7 @@ def test_llava_restores_after_exception_and_grad(llava):
     with pytest.raises(RuntimeError, match="boom"):
         with attnlens.capture(model):
             model(**inputs)
-            assert model.config.text_config._attn_implementation == "eager"
+            assert model.config.text_config._attn_implementation == "attnlens_rows"
             raise RuntimeError("boom")
     assert hook_state(model) == before_hooks and impls(model) == before_impl
     assert model.config.text_config._attn_implementation == "sdpa"
@@ -395,6 +403,14 @@ def test_fallback_any_transformers_model():
     for m, att in zip(rec.maps, ref.attentions):
         assert m.query.modality == m.key.modality == "unknown"
         torch.testing.assert_close(m.weights, att)
+
+
+def test_rows_method_needs_sdpa_and_t2i(llava):
+    model, inputs = llava
+    with pytest.raises(CaptureError, match="method='rows' needs"):
+        with attnlens.capture(model, adapters.llava.taps(model, block="full", method="rows")):
+            pass
+    assert impls(model)["model.language_model"] == "sdpa"
 
 
 def test_block_option_is_checked(llava, vilt):

@@ -119,13 +119,14 @@ class WeightsTap(Tap):
         sites: ``{site name: path}`` for every site this tap can produce (several per path).
         on_weights: ``(path, args, kwargs, weights, emit, wanted)`` called after each module
             call with the weights it returned (``[batch, head, query, key]``).
-        switch: the module whose configs are switched to eager (default: each layer's).
+        switch: the module whose configs are switched to eager (default: each layer's), or a
+            callable ``() -> list of handles`` that prepares the modules its own way.
         extra_hooks: ``() -> list of handles`` installed first (e.g. to read ``input_ids``).
         index: position of the weights in the module's output.
     """
 
     def __init__(self, layers: dict[str, nn.Module], sites: dict[str, str], on_weights: OnWeights, *,
-                 switch: nn.Module | None = None, extra_hooks: Callable[[], list] | None = None, index: int = 1):
+                 switch: nn.Module | Callable[[], list] | None = None, extra_hooks: Callable[[], list] | None = None, index: int = 1):
         modules = {name: layers[path] for name, path in sites.items()}
         super().__init__(list(sites), modules, {n: layer_from_path(p) for n, p in sites.items()})
         self.layer_modules, self.site_paths = layers, dict(sites)
@@ -135,9 +136,12 @@ class WeightsTap(Tap):
         paths = {p for n, p in self.site_paths.items() if n in wanted}
         handles: list = []
         try:
-            targets = [self.switch] if self.switch is not None else [self.layer_modules[p] for p in sorted(paths)]
-            for t in targets:
-                handles.append(eager_switch(t)[0])
+            if callable(self.switch) and not isinstance(self.switch, nn.Module):
+                handles += self.switch()
+            else:
+                targets = [self.switch] if self.switch is not None else [self.layer_modules[p] for p in sorted(paths)]
+                for t in targets:
+                    handles.append(eager_switch(t)[0])
             if self.extra_hooks is not None:
                 handles += self.extra_hooks()
             for path in sorted(paths):

@@ -29,13 +29,17 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]`` (key positions of 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from ...errors import CaptureError
 from ...models.attention import ProbeRecord
 from ..sites import Tap
+from .generic import eager_switch
 from .hf import WeightsTap, attention_modules, is_hf, positions, take, vision_grid
+from .rows import use_rows
 
 # top classes -> kind of image columns
 FAMILIES = {
@@ -47,6 +51,7 @@ FAMILIES = {
     "Blip2ForConditionalGeneration": "qformer", "InstructBlipForConditionalGeneration": "qformer",
 }
 BLOCKS = ("t2i", "full")
+METHODS = ("auto", "rows", "eager")
 
 
 def _image_token_id(config) -> int:
@@ -77,9 +82,12 @@ class _State:
         self.image = None          # [batch, n_image] positions from the last call with image tokens
         self.has_image = False     # the current call contains image tokens
         self.grid = None           # per-call grid (Qwen2-VL)
+        self.batch = 1             # batch size of the current call
+        self.selected = {}         # (batch, q, k, device) -> (text, image) positions, for the current call
+        self.method = None         # "rows", "eager-switch" or "returned" (set when the capture starts)
 
 
-def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=None) -> Tap:
+def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=None, method: str = "auto") -> Tap:
     cfg = model.config
     image_id = _image_token_id(cfg)
     lm_path, lm = _language_model(model)
@@ -90,8 +98,6 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
     state = _State()
     to_tokens = _tokens(tokenizer)
     grid, transform = vision_grid(getattr(cfg, "vision_config", None))
-    switched_from = getattr(lm.config, "_attn_implementation_internal", None)
-    method = "returned" if switched_from == "eager" else "eager-switch"
     if kind == "qformer":
         dims, key_modality = ("batch", "head", "word", "qtoken"), "qformer_query"
     else:
@@ -100,6 +106,7 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
     def on_call(mod, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         state.ids = ids
+        state.selected = {}
         state.has_image = bool(ids is not None and (ids == image_id).any())
         if state.has_image:
             mask = ids == image_id
@@ -116,28 +123,50 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
                 state.grid = ((h // merge, w // merge) if t == 1 else None,
                               {"resize": (h * patch, w * patch)})
 
-    def on_weights(lpath, args, kwargs, weights, emit, wanted):
-        b, _, q, k = weights.shape
-        fresh = q == k
-        if fresh and not state.has_image:
-            return  # a text-only call: no image columns
+    def select(where: str, b: int, q: int, k: int, device):
+        """(text positions [b, r], image positions [b, n]) of a call with q queries over k keys, or None."""
+        if q == k and not state.has_image:
+            return None  # a text-only call: no image columns
+        cached = state.selected.get((b, q, k, str(device)))
+        if cached is not None:  # every layer of a call asks the same
+            return cached
         if state.image is None or int(state.image.max()) >= k:
-            raise CaptureError(f"layer {lpath!r}: image token positions unknown for a call with {q} queries over "
+            raise CaptureError(f"layer {where!r}: image token positions unknown for a call with {q} queries over "
                                f"{k} keys; call the model with input_ids containing its image token id {image_id}")
-        image = state.image.to(weights.device)
+        image = state.image.to(device)
         if image.shape[0] != b:
-            raise CaptureError(f"layer {lpath!r}: batch {b} but the image tokens were found for batch "
-                               f"{image.shape[0]}")
-        qpos = torch.arange(k - q, k, device=weights.device).expand(b, q)
+            raise CaptureError(f"layer {where!r}: batch {b} but the image tokens were found for batch {image.shape[0]}")
+        qpos = torch.arange(k - q, k, device=device).expand(b, q)
         is_text = ~(qpos[:, :, None] == image[:, None, :]).any(-1)
         n_text = is_text.sum(1)
         if not bool((n_text == n_text[0]).all()):
-            raise CaptureError(f"layer {lpath!r}: the examples have different numbers of text queries "
+            raise CaptureError(f"layer {where!r}: the examples have different numbers of text queries "
                                f"{n_text.tolist()}")
-        text = qpos[is_text].view(b, -1)
+        state.selected[(b, q, k, str(device))] = chosen = (qpos[is_text].view(b, -1), image)
+        return chosen
+
+    def plan_for(where: str) -> Callable:
+        def plan(q: int, k: int):
+            chosen = select(where, state.batch, q, k, torch.device("cpu"))
+            if chosen is None or chosen[0].shape[1] == 0:
+                return None
+            return chosen[0] - (k - q)
+        return plan
+
+    def queries_of(args, kwargs) -> tuple[int, int]:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        return int(hidden.shape[0]), int(hidden.shape[1])
+
+    def on_weights(lpath, args, kwargs, weights, emit, wanted):
+        b, q = queries_of(args, kwargs)
+        k = weights.shape[-1]
+        chosen = select(lpath, b, q, k, weights.device)
+        if chosen is None:
+            return
+        text, image = chosen
         g, tr = (state.grid if kind == "thw" and state.grid is not None else (grid, transform))
         n_img = image.shape[1]
-        meta = {"method": method, "alignment": "scaled_dot", "image_token_id": image_id,
+        meta = {"method": state.method, "alignment": "scaled_dot", "image_token_id": image_id,
                 "image_positions": positions(image), "text_positions": None}
         if kind in ("grid", "thw") and g is not None and g[0] * g[1] == n_img:
             meta.update(key_grid=tuple(g), grid=tuple(g), key_transform=tr, transform=tr)
@@ -149,11 +178,10 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
                 return
             allk = torch.arange(k, device=weights.device).expand(b, k)
             key_is_text = ~(allk[:, :, None] == image[:, None, :]).any(-1)
+            qpos = torch.arange(k - q, k, device=weights.device).expand(b, q)
             meta.update(text_positions=positions(allk[key_is_text].view(b, -1)), query_positions=positions(qpos),
                         key_positions=list(range(k)), block="full", direction=None, query_modality="mixed",
                         key_modality="mixed")
-            for key in ("key_grid", "key_transform"):
-                meta.pop(key, None)
             emit(name, ProbeRecord(weights, None, ("batch", "head", "query", "key"), meta=meta))
             return
         name = f"{lpath}/t2i"
@@ -163,16 +191,35 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
                     block="t2i", direction="t2i", query_modality="text", key_modality=key_modality)
         if to_tokens is not None and b == 1 and state.ids is not None and state.ids.shape[1] == q:
             meta["query_tokens"] = to_tokens(state.ids[0, (text[0] - (k - q)).cpu()])
-        emit(name, ProbeRecord(take(weights, text - (k - q), image), None, dims, meta=meta))
+        rows = None if weights.shape[2] == text.shape[1] and state.method == "rows" else text - (k - q)
+        emit(name, ProbeRecord(take(weights, rows, image), None, dims, meta=meta))
+
+    def on_batch(mod, args, kwargs):
+        on_call(mod, args, kwargs)
+        ids = state.ids
+        embeds = kwargs.get("inputs_embeds")
+        state.batch = int(ids.shape[0]) if ids is not None else (int(embeds.shape[0]) if embeds is not None else 1)
+
+    def switch() -> list:
+        impl = getattr(lm.config, "_attn_implementation_internal", None)
+        if block == "t2i" and method in ("auto", "rows") and impl == "sdpa":
+            state.method = "rows"
+            return use_rows(lm, {m: plan_for(p) for p, m in layers.items()})
+        if method == "rows":
+            raise CaptureError(f"method='rows' needs the language model on SDPA attention and block='t2i' "
+                               f"(attention implementation {impl!r}, block {block!r})")
+        undo, switched = eager_switch(lm)
+        state.method = "eager-switch" if switched else "returned"
+        return [undo]
 
     def extra():
-        return [model.register_forward_pre_hook(on_call, with_kwargs=True)]
+        return [model.register_forward_pre_hook(on_batch, with_kwargs=True)]
 
     sites = {f"{p}/{block}": p for p in layers}
-    return WeightsTap(layers, sites, on_weights, switch=lm, extra_hooks=extra)
+    return WeightsTap(layers, sites, on_weights, switch=switch, extra_hooks=extra)
 
 
-def taps(model: nn.Module, *, block: str = "t2i", tokenizer=None) -> list[Tap]:
+def taps(model: nn.Module, *, block: str = "t2i", tokenizer=None, method: str = "auto") -> list[Tap]:
     """One tap per decoder-only vision-language model inside ``model``.
 
     Args:
@@ -180,9 +227,15 @@ def taps(model: nn.Module, *, block: str = "t2i", tokenizer=None) -> list[Tap]:
         block: ``"t2i"`` (text rows x image columns, the default) or ``"full"`` (each layer's
             whole self-attention, with ``meta["text_positions"]`` / ``meta["image_positions"]``).
         tokenizer: a tokenizer or processor; the text rows then carry their tokens (batch of 1).
+        method: ``"auto"`` (default: ``"rows"`` for the ``t2i`` block of a language model on SDPA
+            attention, else ``"eager"``), ``"rows"`` (the fused output, plus the text rows'
+            weights recomputed from the call's own states: no ``T x T`` matrix, see
+            :mod:`.rows`) or ``"eager"`` (switch to eager attention for the capture).
     """
     if block not in BLOCKS:
         raise CaptureError(f"block must be one of {BLOCKS}, got {block!r}")
+    if method not in METHODS:
+        raise CaptureError(f"method must be one of {METHODS}, got {method!r}")
     out, seen = [], []
     for path, m in model.named_modules():
         if any(s == "" or path.startswith(s + ".") for s in seen):
@@ -190,7 +243,7 @@ def taps(model: nn.Module, *, block: str = "t2i", tokenizer=None) -> list[Tap]:
         kind = FAMILIES.get(type(m).__name__) if is_hf(m) else None
         if kind is not None:
             seen.append(path)
-            out.append(_decoder_tap(path, m, kind, block, tokenizer))
+            out.append(_decoder_tap(path, m, kind, block, tokenizer, method))
     return out
 
 
