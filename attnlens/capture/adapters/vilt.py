@@ -37,13 +37,16 @@ BLOCKS = ("t2i", "full")
 class ViltTap(Tap):
     """Every self-attention layer of one ViLT model."""
 
-    def __init__(self, embeddings: nn.Module, layers: dict[str, nn.Module], block: str = "t2i"):
+    def __init__(self, embeddings: nn.Module, layers: dict[str, nn.Module], block: str = "t2i", tokenizer=None):
         self.embeddings, self.layer_modules, self.block = embeddings, layers, block
+        tok = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
+        self.to_tokens = None if tok is None else (
+            lambda ids: [str(t) for t in tok.convert_ids_to_tokens([int(i) for i in ids])])
         names = {f"{p}/{block}": m for p, m in layers.items()}
         super().__init__(list(names), names, {n: layer_from_path(n.rsplit("/", 1)[0]) for n in names})
 
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
-        state: dict = {"text": None, "cells": None, "valid": None, "grid": None, "input": None}
+        state: dict = {"text": None, "cells": None, "valid": None, "grid": None, "input": None, "ids": None}
         emb = self.embeddings
         original = emb.__dict__.get("visual_embed")  # an instance attribute already there (nested capture)
         bound = emb.visual_embed
@@ -61,7 +64,7 @@ class ViltTap(Tap):
             embeds = args[5] if len(args) > 5 else kwargs.get("inputs_embeds")
             src = ids if ids is not None else embeds
             state["text"] = None if src is None else int(src.shape[1])
-            state["cells"] = None
+            state["cells"], state["ids"] = None, ids
 
         def undo():
             if original is None:
@@ -126,16 +129,19 @@ class ViltTap(Tap):
             meta.update(block="t2i", direction="t2i", query_modality="text", key_modality="image",
                         key_grid=(rows, cols), query_positions=list(range(t)),
                         key_positions=positions(keypos[:, :n]), text_positions=list(range(t)))
+            if self.to_tokens is not None and b == 1 and state["ids"] is not None:
+                meta["query_tokens"] = self.to_tokens(state["ids"][0])
             emit(name, ProbeRecord(block, None, ("batch", "head", "word", "patch"), meta=meta))
 
         return on_weights
 
 
-def taps(model: nn.Module, *, block: str = "t2i") -> list[Tap]:
+def taps(model: nn.Module, *, block: str = "t2i", tokenizer=None) -> list[Tap]:
     """One :class:`ViltTap` per ``ViltModel`` inside ``model``.
 
     Args:
         block: ``"t2i"`` (text rows x grid cells, default) or ``"full"`` (whole self-attention).
+        tokenizer: a tokenizer or processor; the text rows then carry their tokens (batch of 1).
     """
     if block not in BLOCKS:
         raise CaptureError(f"block must be one of {BLOCKS}, got {block!r}")
@@ -144,7 +150,7 @@ def taps(model: nn.Module, *, block: str = "t2i") -> list[Tap]:
         if is_hf(m, "ViltModel"):
             prefix = f"{path}." if path else ""
             layers = {f"{prefix}{p}": s for p, s in m.named_modules() if is_hf(s, "ViltSelfAttention")}
-            out.append(ViltTap(m.embeddings, layers, block))
+            out.append(ViltTap(m.embeddings, layers, block, tokenizer))
     return out
 
 
