@@ -405,6 +405,36 @@ def test_fallback_any_transformers_model():
         torch.testing.assert_close(m.weights, att)
 
 
+def test_llava_tokens_and_nested_captures(llava):
+    model, inputs = llava
+
+    class Tok:
+        def convert_ids_to_tokens(self, ids):
+            return [f"w{i}" for i in ids]
+
+    with torch.no_grad():
+        with attnlens.capture(model, adapters.llava.taps(model, tokenizer=Tok())) as outer:
+            with attnlens.capture(model, layers=[0]) as inner:  # the inner one finds the rows implementation on
+                model(**inputs)                                  # and switches to eager: same blocks
+        assert impls(model)["model.language_model"] == "sdpa"
+    text, _ = split(inputs["input_ids"])
+    ids = inputs["input_ids"][0].tolist()
+    assert outer.maps[0].query.tokens == tuple(f"w{ids[i]}" for i in text[0])
+    assert inner.maps[0].meta["method"] == "eager-switch" and outer.maps[0].meta["method"] == "rows"
+    torch.testing.assert_close(inner.maps[0].weights, outer.maps[0].weights, atol=1e-6, rtol=1e-5)
+
+
+def test_vilt_restored_after_exception(vilt):
+    model, inputs = vilt
+    model(**inputs)
+    before = hook_state(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with attnlens.capture(model):
+            assert "visual_embed" in model.embeddings.__dict__
+            raise RuntimeError("boom")
+    assert hook_state(model) == before and "visual_embed" not in model.embeddings.__dict__
+
+
 def test_rows_method_needs_sdpa_and_t2i(llava):
     model, inputs = llava
     with pytest.raises(CaptureError, match="method='rows' needs"):

@@ -9,7 +9,8 @@
 See :mod:`attnlens.capture.core` (the context and recorder), :mod:`attnlens.capture.sites`
 (finding and choosing sites), :mod:`attnlens.capture.store` (memory budget, disk shards),
 :mod:`attnlens.capture.patches` (patch cells back to original-image boxes) and
-:mod:`attnlens.capture.adapters` (LXMERT, VisualBERT, BLIP, any module's output).
+:mod:`attnlens.capture.adapters` (transformers vision-language families, any transformers
+attention module, any module's output).
 """
 from __future__ import annotations
 

@@ -19,8 +19,16 @@ imported here) and emit their *cross-modal* blocks, sliced inside the hook:
 
 Fused attention (SDPA, flash) is switched to eager on the model's configs for the capture and
 restored on exit, also after an exception (``meta["method"] = "eager-switch"``; ``"returned"``
-when the model already ran eagerly). For any other model, record a module's output with
+when the model already ran eagerly). The text -> image block of a decoder-only model on SDPA
+uses :mod:`.rows` instead (``meta["method"] = "rows"``): the output comes from the fused kernel
+(the plain forward's, exactly) and only the text rows' weights are recomputed, so no
+``T x T`` matrix is formed. For any other model, record a module's output with
 :func:`softmax_outputs` and pass it as ``sites=``.
+
+**Gradients.** With ``attnlens.capture(..., grad=True)`` the maps are not detached; a sliced
+block (or the rows method's recomputed rows) is a function of the model's states but not the
+tensor the model used, so gradients of the output with respect to the attention need the
+``block="full"`` taps (eager weights, the very tensor multiplied with the values).
 
 **Positions.** Every map emitted by :mod:`.vilt`, :mod:`.qformer`, :mod:`.llava` and
 :mod:`.dual` records where its rows and columns sit in the layer's full sequence:
@@ -46,7 +54,7 @@ from torch import nn
 
 from ...errors import RegistryError
 from ..sites import Tap
-from . import blip, dual, generic, hf, llava, lxmert, qformer, vilt, visualbert
+from . import blip, dual, generic, hf, llava, lxmert, qformer, rows, vilt, visualbert
 from .generic import (AttentionOutputTap, OutputTap, attention_outputs, eager_switch, hook_returned_weights,
                       module_at, softmax_outputs)
 
@@ -87,4 +95,4 @@ def find_taps(model: nn.Module) -> list[Tap]:
 
 __all__ = ["AttentionOutputTap", "OutputTap", "attention_outputs", "available", "eager_switch", "blip", "dual",
            "find_taps", "generic", "hf", "hook_returned_weights", "llava", "lxmert", "module_at", "qformer", "register",
-           "softmax_outputs", "vilt", "visualbert"]
+           "rows", "softmax_outputs", "vilt", "visualbert"]

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...models.attention import ProbeRecord
 from ..sites import Tap
-from .hf import WeightsTap, attention_modules, is_hf, vision_grid
+from .hf import WeightsTap, attention_modules, is_hf, method_of, vision_grid
 
 TOPS = ("CLIPModel", "CLIPVisionModel", "CLIPTextModel", "CLIPVisionModelWithProjection",
         "CLIPTextModelWithProjection", "SiglipModel", "SiglipVisionModel", "SiglipTextModel",
@@ -33,13 +33,14 @@ def _tap(path: str, model: nn.Module) -> Tap | None:
     vcfg = getattr(cfg, "vision_config", cfg if "Vision" in type(cfg).__name__ else None)
     grid, transform = vision_grid(vcfg)
     cls = 1 if type(model).__name__.startswith("CLIP") else 0
+    method = method_of(model)
 
     def on_weights(lpath, args, kwargs, weights, emit, wanted):
         if lpath not in wanted:
             return
         image = "vision_model" in lpath.split(".")
         k = weights.shape[-1]
-        meta = {"method": "eager-switch", "alignment": "scaled_dot", "direction": "i2i" if image else "t2t",
+        meta = {"method": method, "alignment": "scaled_dot", "direction": "i2i" if image else "t2t",
                 "query_positions": list(range(weights.shape[-2])), "key_positions": list(range(k)),
                 "query_modality": "image" if image else "text", "key_modality": "image" if image else "text"}
         if image and grid is not None and grid[0] * grid[1] + cls == k:

@@ -120,13 +120,13 @@ class WeightsTap(Tap):
         on_weights: ``(path, args, kwargs, weights, emit, wanted)`` called after each module
             call with the weights it returned (``[batch, head, query, key]``).
         switch: the module whose configs are switched to eager (default: each layer's), or a
-            callable ``() -> list of handles`` that prepares the modules its own way.
+            callable ``(paths) -> list of handles`` that prepares the wanted layers its own way.
         extra_hooks: ``() -> list of handles`` installed first (e.g. to read ``input_ids``).
         index: position of the weights in the module's output.
     """
 
     def __init__(self, layers: dict[str, nn.Module], sites: dict[str, str], on_weights: OnWeights, *,
-                 switch: nn.Module | Callable[[], list] | None = None, extra_hooks: Callable[[], list] | None = None, index: int = 1):
+                 switch: nn.Module | Callable[[set], list] | None = None, extra_hooks: Callable[[], list] | None = None, index: int = 1):
         modules = {name: layers[path] for name, path in sites.items()}
         super().__init__(list(sites), modules, {n: layer_from_path(p) for n, p in sites.items()})
         self.layer_modules, self.site_paths = layers, dict(sites)
@@ -137,7 +137,7 @@ class WeightsTap(Tap):
         handles: list = []
         try:
             if callable(self.switch) and not isinstance(self.switch, nn.Module):
-                handles += self.switch()
+                handles += self.switch(paths)
             else:
                 targets = [self.switch] if self.switch is not None else [self.layer_modules[p] for p in sorted(paths)]
                 for t in targets:
@@ -163,13 +163,21 @@ class WeightsTap(Tap):
         return hook
 
 
-def whole(modality_q: str = "unknown", modality_k: str = "unknown", **meta) -> OnWeights:
+def method_of(module: nn.Module) -> str:
+    """``"returned"`` when every transformers config in ``module`` already runs eager attention, else
+    ``"eager-switch"`` (what :func:`~attnlens.capture.adapters.generic.eager_switch` will do)."""
+    impls = {getattr(m.config, "_attn_implementation_internal", None) for m in module.modules()
+             if hasattr(getattr(m, "config", None), "_attn_implementation_internal")}
+    return "returned" if impls <= {"eager", None} else "eager-switch"
+
+
+def whole(method: str, modality_q: str = "unknown", modality_k: str = "unknown", **meta) -> OnWeights:
     """An ``on_weights`` that emits each module's full weights under the site named by its path."""
     def on_weights(path, args, kwargs, weights, emit, wanted):
         if path in wanted:
             q, k = weights.shape[-2], weights.shape[-1]
             emit(path, ProbeRecord(weights, None, ("batch", "head", "query", "key"), meta={
-                "method": "eager-switch", "query_modality": modality_q, "key_modality": modality_k,
+                "method": method, "query_modality": modality_q, "key_modality": modality_k,
                 "query_positions": list(range(k - q, k)), "key_positions": list(range(k)), **meta}))
     return on_weights
 
@@ -183,4 +191,4 @@ def find_fallback(model: nn.Module) -> list[Tap]:
     layers = attention_modules(model)
     if not layers:
         return []
-    return [WeightsTap(layers, {p: p for p in layers}, whole(), switch=model)]
+    return [WeightsTap(layers, {p: p for p in layers}, whole(method_of(model)), switch=model)]

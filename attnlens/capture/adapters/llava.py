@@ -6,7 +6,7 @@ LLaVA-style ``*ForConditionalGeneration`` models (``LlavaForConditionalGeneratio
 ``Blip2ForConditionalGeneration`` / ``InstructBlipForConditionalGeneration``) put the image's
 tokens into the language model's sequence at the positions of the model's own image token id
 (``config.image_token_id``) in ``input_ids``. Every language-model layer's self-attention is
-recorded (eager attention for the capture, restored on exit) and sliced **inside the hook**::
+recorded and sliced **inside the hook**::
 
     {lm}.layers.{i}.self_attn/t2i   weights[b, :, text rows, image columns]   ("batch", "head", "word", "patch")
 
@@ -24,7 +24,15 @@ grid, its base-resolution grid is ``meta["base_grid"]`` (the first ``rows * cols
 columns). BLIP-2 / InstructBLIP columns are the Q-Former's query tokens (dims ``("batch",
 "head", "word", "qtoken")``, key modality ``"qformer_query"``, no grid).
 
-``taps(model, block="full")`` emits each layer's whole ``[batch, head, query, key]`` instead,
+How the weights are obtained (``meta["method"]``): on SDPA, ``"rows"`` (:mod:`.rows`: the
+fused kernel computes the output, exactly as without the capture, and the text rows' weights
+are recomputed from the call's own query/key states and mask: no ``T x T`` matrix); otherwise
+(or ``taps(model, method="eager")``) the language model's config is switched to eager
+attention for the capture and restored on exit (``"eager-switch"``; ``"returned"`` when it
+already ran eagerly). Either way the weights equal those of ``output_attentions=True`` under
+eager attention.
+
+``taps(model, block="full")`` (eager) emits each layer's whole ``[batch, head, query, key]`` instead,
 with ``meta["text_positions"]`` / ``meta["image_positions"]`` (key positions of each kind).
 """
 from __future__ import annotations
@@ -191,7 +199,8 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
                     block="t2i", direction="t2i", query_modality="text", key_modality=key_modality)
         if to_tokens is not None and b == 1 and state.ids is not None and state.ids.shape[1] == q:
             meta["query_tokens"] = to_tokens(state.ids[0, (text[0] - (k - q)).cpu()])
-        rows = None if weights.shape[2] == text.shape[1] and state.method == "rows" else text - (k - q)
+        # the rows method returned the text rows only; eager weights have every query row
+        rows = None if weights.shape[2] == text.shape[1] else text - (k - q)
         emit(name, ProbeRecord(take(weights, rows, image), None, dims, meta=meta))
 
     def on_batch(mod, args, kwargs):
@@ -200,11 +209,11 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
         embeds = kwargs.get("inputs_embeds")
         state.batch = int(ids.shape[0]) if ids is not None else (int(embeds.shape[0]) if embeds is not None else 1)
 
-    def switch() -> list:
+    def switch(paths) -> list:
         impl = getattr(lm.config, "_attn_implementation_internal", None)
         if block == "t2i" and method in ("auto", "rows") and impl == "sdpa":
             state.method = "rows"
-            return use_rows(lm, {m: plan_for(p) for p, m in layers.items()})
+            return use_rows(lm, {layers[p]: plan_for(p) for p in paths})
         if method == "rows":
             raise CaptureError(f"method='rows' needs the language model on SDPA attention and block='t2i' "
                                f"(attention implementation {impl!r}, block {block!r})")
