@@ -295,6 +295,21 @@ def test_qformer_and_language_model_blocks(kind):
         torch.testing.assert_close(m.weights, sliced(att, text, image), atol=1e-6, rtol=1e-5)
 
 
+def test_blip2_with_t5_gives_the_qformer_blocks_only():
+    torch.manual_seed(0)  # T5 attention returns (output, position_bias, ...): its language model is not tapped
+    cfg = T.Blip2Config(vision_config=dict(VISION), num_query_tokens=4, image_token_id=IMG,
+                        qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                            intermediate_size=64, encoder_hidden_size=32, vocab_size=100),
+                        text_config=dict(model_type="t5", d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1,
+                                         num_heads=4, d_kv=8, vocab_size=100))
+    model = T.Blip2ForConditionalGeneration(cfg).eval()
+    inputs = dict(input_ids=ids_with_image(4, before=0), pixel_values=torch.randn(1, 3, 32, 32),
+                  decoder_input_ids=torch.tensor([[0, 3]]))
+    with torch.no_grad(), attnlens.capture(model) as rec:
+        model(**inputs)
+    assert [m.site for m in rec.maps] == ["qformer.encoder.layer.0.crossattention.attention/q2i"]
+
+
 # --------------------------------------------------------------------------- ViLT
 def vilt_selection(model, inputs, seed):
     """ViLT's own random patch choice for the call seeded with ``seed`` (its patch_index, mask)."""
@@ -336,6 +351,22 @@ def test_vilt_patches_land_on_their_grid_cells(vilt, max_len):
     kept = int(valid[1].sum())
     assert sum(p >= 0 for p in rec.maps[0].meta["key_positions"][1]) == kept
     assert kept == (16 if max_len < 0 else 5)  # padding cells of the narrow image are never attended
+
+
+def test_vilt_cells_back_to_original_pixels(vilt):
+    model, inputs = vilt
+    with torch.no_grad(), attnlens.capture(model, layers=[0]) as rec:
+        model(**inputs)
+    (m,) = rec.maps
+    narrow = m.meta["transforms"][1]  # valid 32 x 32 of the 32 x 48 batch: resized from, say, a 64 x 64 image
+    assert narrow == {"resize": (32, 32), "pad": (0, 0, 0, 16)}
+    boxes = attnlens.capture.patch_boxes(m.key.grid, narrow, (64, 64)).boxes
+    assert boxes[0].tolist() == [0.0, 0.0, 16.0, 16.0] and boxes[7].tolist() == [16.0, 16.0, 32.0, 32.0]
+    assert boxes[4].tolist()[0] == boxes[4].tolist()[2] == 64.0  # a padding cell: empty box at the edge
+    one = {k: v[1:] for k, v in inputs.items()}
+    with torch.no_grad(), attnlens.capture(model, layers=[0]) as rec:
+        model(**one)
+    assert rec.maps[0].key.transform == narrow
 
 
 def test_vilt_full_block(vilt):

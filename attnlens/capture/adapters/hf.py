@@ -44,13 +44,17 @@ def attention_modules(root: nn.Module, prefix: str = "") -> dict[str, nn.Module]
     """``{path: module}`` of the outermost transformers ``*Attention`` modules under ``root``.
 
     Only modules that hold a transformers ``config`` (the ones whose forward returns
-    ``(output, weights)``) are kept; a module nested inside a kept one is skipped.
+    ``(output, weights)``) are kept; a module nested inside a kept one is skipped. T5-style
+    attention (``has_relative_attention_bias``) returns ``(output, position_bias, ...)`` instead
+    and is not found.
     """
     found: dict[str, nn.Module] = {}
     for path, m in root.named_modules():
         name = type(m).__name__
         if not (is_hf(m) and name.endswith("Attention") and hasattr(getattr(m, "config", None),
                                                                      "_attn_implementation_internal")):
+            continue
+        if hasattr(m, "has_relative_attention_bias"):
             continue
         if any(path.startswith(p + ".") for p in found):
             continue
@@ -159,6 +163,9 @@ class WeightsTap(Tap):
             if not isinstance(weights, torch.Tensor):
                 raise CaptureError(f"attention module {path!r} ({type(module).__name__}) returned no weights at "
                                    f"output[{self.index}] even with eager attention (got {type(weights).__name__})")
+            if weights.ndim != 4:
+                raise CaptureError(f"attention module {path!r} ({type(module).__name__}) returned output[{self.index}] "
+                                   f"of shape {tuple(weights.shape)}, not [batch, head, query, key] weights")
             self.on_weights(path, args, kwargs, weights, emit, wanted)
         return hook
 

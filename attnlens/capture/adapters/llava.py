@@ -95,14 +95,18 @@ class _State:
         self.method = None         # "rows", "eager-switch" or "returned" (set when the capture starts)
 
 
-def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=None, method: str = "auto") -> Tap:
+def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=None,
+                 method: str = "auto") -> Tap | None:
     cfg = model.config
     image_id = _image_token_id(cfg)
     lm_path, lm = _language_model(model)
     prefix = f"{path}.{lm_path}" if path else lm_path
     layers = attention_modules(lm, prefix)
-    if not layers:
-        raise CaptureError(f"{type(model).__name__}: no attention module under {prefix!r}")
+    seq2seq = bool(getattr(lm.config, "is_encoder_decoder", False))
+    if seq2seq:  # an encoder-decoder language model: the image/query tokens are in the encoder's sequence
+        layers = {p: m for p, m in layers.items() if ".encoder." in f"{p[len(prefix):]}."}
+    if not layers:  # e.g. BLIP-2 with Flan-T5, whose attention returns no weights at output[1]
+        return None
     state = _State()
     to_tokens = _tokens(tokenizer)
     grid, transform = vision_grid(getattr(cfg, "vision_config", None))
@@ -211,18 +215,20 @@ def _decoder_tap(path: str, model: nn.Module, kind: str, block: str, tokenizer=N
 
     def switch(paths) -> list:
         impl = getattr(lm.config, "_attn_implementation_internal", None)
-        if block == "t2i" and method in ("auto", "rows") and impl == "sdpa":
+        if block == "t2i" and method in ("auto", "rows") and impl == "sdpa" and not seq2seq:
             state.method = "rows"
             return use_rows(lm, {layers[p]: plan_for(p) for p in paths})
         if method == "rows":
-            raise CaptureError(f"method='rows' needs the language model on SDPA attention and block='t2i' "
-                               f"(attention implementation {impl!r}, block {block!r})")
+            raise CaptureError(f"method='rows' needs a decoder-only language model on SDPA attention and "
+                               f"block='t2i' (attention implementation {impl!r}, block {block!r})")
         undo, switched = eager_switch(lm)
         state.method = "eager-switch" if switched else "returned"
         return [undo]
 
-    def extra():
-        return [model.register_forward_pre_hook(on_batch, with_kwargs=True)]
+    parent = model.get_submodule(lm_path.rpartition(".")[0]) if "." in lm_path else model
+
+    def extra():  # the language model's parent gets input_ids (whether called by the top model or directly)
+        return [parent.register_forward_pre_hook(on_batch, with_kwargs=True)]
 
     sites = {f"{p}/{block}": p for p in layers}
     return WeightsTap(layers, sites, on_weights, switch=switch, extra_hooks=extra)
@@ -252,7 +258,9 @@ def taps(model: nn.Module, *, block: str = "t2i", tokenizer=None, method: str = 
         kind = FAMILIES.get(type(m).__name__) if is_hf(m) else None
         if kind is not None:
             seen.append(path)
-            out.append(_decoder_tap(path, m, kind, block, tokenizer, method))
+            tap = _decoder_tap(path, m, kind, block, tokenizer, method)
+            if tap is not None:
+                out.append(tap)
     return out
 
 

@@ -11,7 +11,11 @@ patch's column at its grid cell::
     encoder.layer.{i}.attention.attention/t2i   [batch, head, word, patch]  patch = rows * cols cells, row-major
 
 so the key axis is exactly the image grid (``Side.grid = meta["grid"] = (rows, cols)``; the
-grid covers ``pixel_values``, ``meta["input_size"]``). Cells ViLT did not keep (dropped or
+grid covers ``pixel_values``, ``meta["input_size"]``). ``meta["transforms"]`` holds, per
+example, the image transform of ViLT's processor read from ``pixel_mask`` (resize to the valid
+region, then pad bottom/right to the batch's size): with the original image size,
+:func:`~attnlens.capture.patches.patch_boxes` maps each cell back to original pixels (cells in
+the padding come back empty); for a single example it is also ``Side.transform``. Cells ViLT did not keep (dropped or
 masked) have weight 0 and key position -1 in ``meta["key_positions"]``; the image ``[CLS]``
 (position ``T``, ``meta["cls_position"]``) is kept apart: it is not in the block. Rows are
 parts of rows summing to 1 over the whole sequence.
@@ -56,7 +60,12 @@ class ViltTap(Tap):
             state["cells"] = (patch_index[..., 0] * width + patch_index[..., 1]).long()
             state["valid"] = x_mask[:, 1:].bool()
             state["grid"] = (int(height), int(width))
-            state["input"] = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+            H, W = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+            state["input"] = (H, W)
+            valid_px = pixel_mask.bool()  # ViLT's processor: resize, then pad bottom/right to the batch's size
+            state["transforms"] = [{"resize": (int(v.any(1).sum()), int(v.any(0).sum())),
+                                    "pad": (0, 0, H - int(v.any(1).sum()), W - int(v.any(0).sum()))}
+                                   for v in valid_px]
             return x, x_mask, (patch_index, (height, width))
 
         def on_embed(mod, args, kwargs):
@@ -105,7 +114,9 @@ class ViltTap(Tap):
                 raise CaptureError(f"ViLT site {name!r}: {k} keys, expected {t} text + 1 [CLS] + "
                                    f"{cells.shape[1]} patches")
             meta = {"method": "returned", "alignment": "scaled_dot", "text_length": t, "cls_position": t,
-                    "grid": (rows, cols), "input_size": state["input"]}
+                    "grid": (rows, cols), "input_size": state["input"], "transforms": state["transforms"]}
+            if b == 1:
+                meta["transform"] = meta["key_transform"] = state["transforms"][0]
             if self.block == "full":
                 seq = torch.arange(t + 1, k, device=weights.device).expand(b, -1)
                 counts = valid.sum(1)
