@@ -286,6 +286,11 @@ def test_qformer_and_language_model_blocks(kind):
         (m,) = sites[s]
         assert m.dims == ("batch", "head", "qtoken", "patch") and m.key.grid == (4, 4) and m.shape["qtoken"] == 4
         torch.testing.assert_close(m.weights, att[:, :, :4, 1:], atol=1e-6, rtol=1e-5)  # [CLS] key kept apart
+    with torch.no_grad(), attnlens.capture(model, adapters.qformer.taps(model, block="full")) as full:
+        model(**inputs)
+    for m, att in zip(full.maps, cross_ref):  # block="full" keeps the [CLS] key
+        assert m.meta["key_positions"][0] == 0 and m.meta["image_positions"][0] == 1
+        torch.testing.assert_close(m.weights, att[:, :, :4], atol=1e-6, rtol=1e-5)
     text, image = split(inputs["input_ids"])
     lm = [s for s in sites if s.endswith("/t2i")]
     assert len(lm) == len(ref.language_model_outputs.attentions) == 2

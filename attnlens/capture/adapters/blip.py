@@ -65,6 +65,8 @@ class BlipCrossTap(Tap):
             n_patches = weights.shape[-1] - 1
             meta = {"method": "returned", "alignment": "scaled_dot", "direction": "t2i",
                     "query_modality": "text", "key_modality": "image", "key_grid": self._grid_for(n_patches)}
+            meta["query_positions"] = list(range(weights.shape[-2]))
+            meta["key_positions"] = list(range(1 if self.drop_cls else 0, weights.shape[-1]))
             if self.drop_cls:
                 weights = weights[..., 1:]
                 meta["dropped_prefix_keys"] = 1
