@@ -72,7 +72,8 @@ def llava():
     cfg = T.LlavaConfig(vision_config=T.CLIPVisionConfig(**VISION), text_config=T.LlamaConfig(**TEXT),
                         image_token_id=IMG)
     model = T.LlavaForConditionalGeneration(cfg).eval()
-    inputs = dict(input_ids=ids_with_image(16), pixel_values=torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(input_ids=ids_with_image(16), pixel_values=torch.randn(1, 3, 32, 32, generator=g))
     return model, inputs
 
 
@@ -85,21 +86,22 @@ def vilt():
     g = torch.Generator().manual_seed(2)
     mask = torch.ones(2, 32, 48, dtype=torch.long)
     mask[1, :, 32:] = 0  # the second image is narrower: its right patches are padding
-    inputs = dict(input_ids=torch.randint(1, 100, (2, 5), generator=g), pixel_values=torch.randn(2, 3, 32, 48, generator=g),
-                  pixel_mask=mask)
+    inputs = dict(input_ids=torch.randint(1, 100, (2, 5), generator=g),
+                  pixel_values=torch.randn(2, 3, 32, 48, generator=g), pixel_mask=mask)
     return model, inputs
 
 
 def blip2_like(cls_model, cls_config, **extra):
     torch.manual_seed(0)
     cfg = cls_config(vision_config=dict(VISION), num_query_tokens=4, image_token_id=IMG,
-                     qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                         encoder_hidden_size=32, vocab_size=100, cross_attention_frequency=1),
+                     qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, encoder_hidden_size=32, vocab_size=100,
+                                         cross_attention_frequency=1),
                      text_config=dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                       num_attention_heads=4, vocab_size=100, word_embed_proj_dim=32))
     model = cls_model(cfg).eval()
-    inputs = dict(input_ids=ids_with_image(4, before=0), pixel_values=torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)),
-                  **extra)
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(input_ids=ids_with_image(4, before=0), pixel_values=torch.randn(1, 3, 32, 32, generator=g), **extra)
     return model, inputs
 
 

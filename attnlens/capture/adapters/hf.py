@@ -130,7 +130,8 @@ class WeightsTap(Tap):
     """
 
     def __init__(self, layers: dict[str, nn.Module], sites: dict[str, str], on_weights: OnWeights, *,
-                 switch: nn.Module | Callable[[set], list] | None = None, extra_hooks: Callable[[], list] | None = None, index: int = 1):
+                 switch: nn.Module | Callable[[set], list] | None = None,
+                 extra_hooks: Callable[[], list] | None = None, index: int = 1):
         modules = {name: layers[path] for name, path in sites.items()}
         super().__init__(list(sites), modules, {n: layer_from_path(p) for n, p in sites.items()})
         self.layer_modules, self.site_paths = layers, dict(sites)

@@ -9,9 +9,10 @@ every layer runs self-attention over the joint sequence. The adapter records eac
     encoder.layer.{i}.attention.self/i2t   weights[:, :, T:, :T]   ("batch", "head", "region", "word")
 
 ``meta["query_positions"]`` / ``meta["key_positions"]`` give the rows' and columns' positions in
-the joint sequence (see :mod:`attnlens.capture.adapters`). These blocks are parts of rows that sum to 1 over all T+V keys, so a block's rows sum to the
-mass given to the other modality (``meta["block"]`` says which block). The weights are the
-module's own, returned by setting its ``output_attentions`` for the call
+the joint sequence (see :mod:`attnlens.capture.adapters`). These blocks are parts of rows that
+sum to 1 over all T+V keys, so a block's rows sum to the mass given to the other modality
+(``meta["block"]`` says which block). The weights are the module's own, returned by setting
+its ``output_attentions`` for the call
 (``meta["method"] = "returned"``); they equal the matching block of the model's
 ``attentions`` with ``output_attentions=True``.
 """
