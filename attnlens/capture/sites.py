@@ -156,6 +156,9 @@ class Tap:
         self.layers = {n: layer_from_path(n) for n in self.names}
         self.layers.update(layers or {})
 
+    #: whether ``capture(model)`` with no site named records this tap (see :func:`discover`)
+    by_default = True
+
     def attach(self, emit: Emit, wanted: frozenset[str]) -> list:
         """Install hooks; call ``emit(name, record)`` for each call of a site in ``wanted``."""
         raise NotImplementedError
@@ -201,12 +204,17 @@ def probe_taps(model: nn.Module) -> list[Tap]:
 def discover(model: nn.Module) -> list[Tap]:
     """Every tap of ``model``: its attention probes, what the registered adapters find, then the
     torch primitives (``nn.MultiheadAttention``, modules calling ``F.scaled_dot_product_attention``)
-    that no earlier tap already serves."""
+    that no earlier tap already serves. When probes or an adapter serve the model, its primitives
+    (e.g. SigLIP's attention-pooling head) are recorded only when named in ``sites=``."""
     from .adapters import find_taps
     from .primitives import primitive_taps
 
     taps = probe_taps(model) + find_taps(model)
-    return taps + primitive_taps(model, exclude=frozenset(id(m) for t in taps for m in t.modules.values()))
+    extra = primitive_taps(model, exclude=frozenset(id(m) for t in taps for m in t.modules.values()))
+    if taps:  # a model its probes or an adapter already serve: the primitives are there to be named
+        for tap in extra:
+            tap.by_default = False
+    return taps + extra
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -259,7 +267,7 @@ def select(model: nn.Module, sites=None, layers: Iterable[int] | None = None) ->
     names = list(by_name)
     paths = {p for p, _ in model.named_modules() if p} if need_model else set()
     if sites is None:
-        chosen = names
+        chosen = [n for n in names if by_name[n].by_default]
         if not chosen:
             raise CaptureError(
                 f"{type(model).__name__} has no capture site: no AttentionProbe module, no "
