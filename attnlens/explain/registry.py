@@ -126,6 +126,8 @@ def explain(model: nn.Module, inputs: Mapping[str, Any], method: str, *, target:
     with preserved(model, eval_mode=eval_mode):
         res = _METHODS[method](Context(model, inputs, target, prof), **options)
     weights = res.weights.detach()
+    if isinstance(tokens, str):
+        tokens = tokens.split()
     query = Side(res.query_dim, "text", tokens=tokens if res.query_dim != "output" else ("<output>",))
     key = Side(res.key_dim, "image", regions=regions, grid=res.grid)
     meta = {"explainer": method, "options": dict(options), "profile": prof.name, **res.meta}

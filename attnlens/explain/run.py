@@ -101,7 +101,8 @@ def run_trace(model: nn.Module, inputs: Mapping, profile: Profile, target: Calla
         if not maps:
             raise ExplainError(f"{type(model).__name__} produced no attention map at the {profile.name!r} profile's "
                                f"sites ({', '.join(rec.sites)}) during model(**inputs)")
-        scores = target_scores(target, output) if grad else None
+        batch = to_bhqk(maps[0].weights, maps[0].dims, maps[0].site).shape[0]
+        scores = target_scores(target, output, batch) if grad else None
         grads = map_gradients(scores, [m.weights for m in maps]) if grad else [None] * len(maps)
     if profile.group_calls:
         maps, grads = _group_calls(maps, grads)
