@@ -20,7 +20,9 @@ Built in (found by :func:`profile_for`):
   are stitched back into one). Image x caption pair maps (``("image", "caption", ...)``) are
   read on their diagonal: example ``b`` is image ``b`` with caption ``b``, and the default
   target of a matching model is the pair's similarity ``S[b, b]``; VQA's is the predicted
-  answer's logit.
+  answer's logit. The image features for captum: a matching model's ``image_encoder`` output,
+  ``images`` of a bare SCAN/RCAR similarity, a grid VQA model's ``image`` output, or what the
+  model's ``explain_features`` attribute names.
 * ``lxmert`` -- dual stream: language self-attention ``encoder.layer.*``, visual
   self-attention ``encoder.r_layers.*``, and in each cross-modality layer the co-attention both
   ways (one stage: both directions read the layer's input), then the two self-attentions.
@@ -158,6 +160,9 @@ def _own_layout(model, inputs, streams, maps) -> Layout:
 
 
 def _own_features(model, inputs):
+    named = getattr(model, "explain_features", None)  # ("input", key) or ("layer", path) set on the model
+    if named is not None:
+        return tuple(named)
     name = type(model).__name__
     if name == "MatchingModel":
         return "layer", "image_encoder"
@@ -166,7 +171,8 @@ def _own_features(model, inputs):
     if name == "VQAModel" and getattr(model, "image_kind", None) == "grid":
         return "layer", "image"
     raise ExplainError(f"no region-feature input known for {name}: the captum attributions need a "
-                       "[B, R, D] feature tensor (MatchingModel, ScanSimilarity, RCARSimilarity, grid VQAModel)")
+                       "[B, R, D] feature tensor (MatchingModel, ScanSimilarity, RCARSimilarity, grid VQAModel, or "
+                       "a model attribute explain_features = ('input', key) or ('layer', module path))")
 
 
 def attnlens_profile(model: nn.Module) -> Profile:

@@ -5,7 +5,8 @@ An explanation that depends on what the model learned must change when the model
 are re-initialised. :func:`randomisation_check` explains the same inputs with the model and with
 a deep copy whose every module with a ``reset_parameters`` method is re-initialised (a seeded
 draw; the original model is untouched), and reports, per method, the Spearman rank correlation
-between the two maps of each example (over all its word x region cells). The target is the same
+between the two maps of each example (over all its word x region cells; a map that became
+constant, e.g. all-zero positive relevance, counts as correlation 0, two constant maps as NaN). The target is the same
 function of the output for both models; with the default top-logit target the class is fixed to
 the trained model's prediction, so both models explain the same logit.
 
@@ -65,16 +66,22 @@ def _fixed_target(model, inputs, target, profile) -> Callable:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho of two flattened arrays (NaN when one is constant).
+    """Spearman's rho of two flattened arrays; 0 when exactly one is constant (a constant map ranks
+    nothing, so it shares no ranking with the other), NaN when both are.
 
     >>> spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0]))
     0.5
+    >>> spearman(np.array([1.0, 2.0, 3.0]), np.zeros(3))
+    0.0
     """
     from scipy.stats import spearmanr
 
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    flat = (len(a) < 2 or np.ptp(a) == 0, len(b) < 2 or np.ptp(b) == 0)
+    if all(flat):
         return float("nan")
+    if any(flat):
+        return 0.0
     return float(spearmanr(a, b).statistic)
 
 
