@@ -76,7 +76,7 @@ class Recorder:
         return False
 
 
-def lxmert_records(model, inputs, target):
+def lxmert_records(model, inputs, target, grad=True):
     """Per-example list of (kind, layer, direction, A [H,Q,K], grad [H,Q,K]) in call order for LXMERT."""
     base = model.lxmert if hasattr(model, "lxmert") else model
     enc = base.encoder
@@ -95,13 +95,13 @@ def lxmert_records(model, inputs, target):
     B = inputs["input_ids"].shape[0]
     for b in range(B):
         one = {k: v[b:b + 1] for k, v in inputs.items()}
-        model.zero_grad()
-        with torch.enable_grad(), Recorder(modules, pos) as recs:
+        with torch.set_grad_enabled(grad), Recorder(modules, pos) as recs:
             for p in model.parameters():
                 p.requires_grad_(True)
             o = model(**one)
-            score = target(o).sum()
-            grads = torch.autograd.grad(score, [a for _, a in recs], allow_unused=True)
+            grads = [None] * len(recs)
+            if grad:
+                grads = torch.autograd.grad(target(o).sum(), [a for _, a in recs], allow_unused=True)
         items, seen_x = [], {}
         for (name, a), g in zip(recs, grads):
             g = torch.zeros_like(a) if g is None else g
