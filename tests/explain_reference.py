@@ -209,3 +209,47 @@ def rollout_lxmert(records_one, n_text, n_image):
             M[rows] = block
         R = M @ R
     return R[:n_text, n_text:]
+
+
+def blip_relevance(model, inputs, target):
+    """Chefer et al.'s rules for BLIP ITM, one example at a time: vision self-attention (image stream,
+    [CLS] + patches), then per text layer self-attention and text->image cross-attention -> R_t_i
+    without the [CLS] image column."""
+    mods = []
+    for path, m in model.named_modules():
+        if type(m).__name__ == "BlipAttention" or (type(m).__name__ == "BlipTextSelfAttention"):
+            mods.append((path, m))
+    out = []
+    for b in range(inputs["input_ids"].shape[0]):
+        one = {k: v[b:b + 1] for k, v in inputs.items()}
+        recs, handles = [], []
+        for path, m in mods:
+            handles.append(m.register_forward_hook(lambda mod, a, o, _p=path: recs.append((_p, o[1]))))
+        try:
+            with torch.enable_grad():
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                score = target(model(**one)).sum()
+                grads = torch.autograd.grad(score, [a for _, a in recs], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        R_tt = R_ii = R_ti = R_it = None
+        for (path, a), g in zip(recs, grads):
+            a = a[0].detach().double()
+            g = torch.zeros_like(a) if g is None else g[0].detach().double()
+            cam = avg_heads(a, g)
+            if R_tt is None and "vision_model" not in path:
+                n_t = a.shape[-2]
+                R_tt, R_ti = torch.eye(n_t, dtype=torch.float64), torch.zeros(n_t, R_ii.shape[0], dtype=torch.float64)
+                R_it = torch.zeros(R_ii.shape[0], n_t, dtype=torch.float64)
+            if "vision_model" in path:
+                R_ii = torch.eye(a.shape[-1], dtype=torch.float64) if R_ii is None else R_ii
+                R_ii = R_ii + cam @ R_ii
+            elif path.endswith("crossattention.self"):
+                add_ti, add_tt = mm_rule(R_tt, R_ii, R_it, cam)
+                R_ti, R_tt = R_ti + add_ti, R_tt + add_tt
+            else:
+                R_tt, R_ti = R_tt + cam @ R_tt, R_ti + cam @ R_ti
+        out.append(R_ti[:, 1:])
+    return out

@@ -233,3 +233,41 @@ def test_tokens_and_regions_are_attached_for_one_example(visualbert):
     amap = ex.explain(model, one, "rollout", tokens="[CLS] a red dog [SEP]", regions=regions)
     assert amap.isel(batch=0).sel(word="dog").shape == {"region": 4}
     assert amap.key.regions is regions
+
+
+# ----------------------------------------------------------------------------- BLIP (text -> patch)
+@pytest.fixture(scope="module")
+def blip():
+    torch.manual_seed(0)
+    cfg = transformers.BlipConfig(
+        text_config=dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=2,
+                         intermediate_size=24, encoder_hidden_size=16, max_position_embeddings=16,
+                         bos_token_id=1, sep_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
+                           image_size=32, patch_size=8),
+        image_text_hidden_size=16)
+    model = transformers.BlipForImageTextRetrieval(cfg).double().eval()
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(input_ids=torch.randint(3, 40, (2, 6), generator=g),
+                  pixel_values=torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64),
+                  attention_mask=torch.tensor([[1] * 6, [1] * 4 + [0] * 2]))
+    return model, inputs
+
+
+def test_blip_gradient_weighted_matches_reference_and_keeps_the_patch_grid(blip):
+    model, inputs = blip
+    amap = ex.explain(model, inputs, "gradient_weighted")
+    assert amap.dims == ("batch", "word", "patch") and amap.key.grid == (4, 4) and amap.meta["profile"] == "blip"
+    expected = ref.blip_relevance(model, inputs, lambda o: o.itm_score[:, 1])
+    for b in range(2):
+        torch.testing.assert_close(amap.weights[b], expected[b], rtol=1e-9, atol=1e-12)
+    raw = ex.explain(model, inputs, "raw")
+    with torch.no_grad():
+        from attnlens.capture import capture
+        from attnlens.capture.adapters import blip as blip_adapter
+
+        with capture(model, blip_adapter.taps(model, drop_cls=True)) as rec:
+            model(**inputs)
+    torch.testing.assert_close(raw.weights, rec.maps[-1].weights.mean(1))
+    ixg = ex.explain(model, inputs, "input_x_gradient")
+    assert ixg.shape == {"batch": 2, "output": 1, "patch": 16}

@@ -169,8 +169,12 @@ def _attribute(ctx, name: str, **kw):
 
     forward, feats, extra, where = _feature_forward(ctx)
     (attr,) = attributions(forward, feats, name, additional_forward_args=extra, **kw)
-    return Result(attr.to(feats.dtype)[:, None, :], {"features": where, "rows": "one row: the output"},
-                  query_dim="output", key_dim="region")
+    keep = ctx.profile.feature_keep
+    meta = {"features": where, "rows": "one row: the output"}
+    if keep is not None:
+        attr = attr[:, keep]
+        meta["feature_positions"] = f"[{keep.start}:{'' if keep.stop is None else keep.stop}]"
+    return Result(attr.to(feats.dtype)[:, None, :], meta, query_dim="output", key_dim=ctx.profile.key_dim)
 
 
 def integrated_gradients(ctx, n_steps: int = 32, internal_batch_size: int | None = None):

@@ -10,7 +10,9 @@ A :class:`Profile` tells the explainers, for one family of models,
 * the default target (``target``; None: the top logit, :func:`~attnlens.explain.trace.default_target`);
 * where the image features are for the captum attributions (``features(model, inputs)``:
   ``("input", key)``, a tensor ``[B, R, D]`` of ``inputs``, or ``("layer", module path)``,
-  a module whose output ``[B, R, D]`` is the region features).
+  a module whose output ``[B, R, D]`` is the region features), ``feature_keep`` the positions of
+  that tensor that are image tokens (e.g. ``slice(1, None)`` without BLIP's ``[CLS]``), and
+  ``key_dim`` the name of the image axis of attribution maps.
 
 Built in (found by :func:`profile_for`):
 
@@ -28,6 +30,11 @@ Built in (found by :func:`profile_for`):
   ways (one stage: both directions read the layer's input), then the two self-attentions.
 * ``visualbert`` -- single stream: every layer's joint self-attention over ``[text; regions]``
   (text positions first, the length of ``input_ids``).
+* ``blip`` -- BLIP image-text matching (``BlipForImageTextRetrieval``): the vision encoder's
+  self-attention (image stream: ``[CLS]`` + patches), and in each text-encoder layer the text
+  self-attention, then the text-to-image cross-attention (its own stage). The image tokens of
+  the map are the patches (the ``[CLS]`` image token is dropped), with the patch grid; the default
+  target is the ITM head's "match" logit ``itm_score[:, 1]``.
 * :func:`single_stream` -- any single-stream transformer: the user names the attention module
   paths and the text and image positions.
 
@@ -62,6 +69,8 @@ class Profile:
     features: Callable[[nn.Module, Mapping], tuple[str, str]] | None = None
     group_calls: bool = False
     description: str = ""
+    key_dim: str = "region"
+    feature_keep: slice | None = None
 
 
 _PROFILES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], Profile]]] = {}
@@ -79,7 +88,7 @@ def available() -> list[str]:
     """Names of the registered profiles.
 
     >>> available()
-    ['attnlens', 'lxmert', 'visualbert']
+    ['attnlens', 'blip', 'lxmert', 'visualbert']
     """
     return sorted(_PROFILES)
 
@@ -301,6 +310,70 @@ def visualbert_profile(model: nn.Module) -> Profile:
                    description="single stream: joint self-attention over [text; regions]")
 
 
+# ----------------------------------------------------------------------------- BLIP
+_BLIP = "transformers.models.blip"
+_BLIP_RULES = (
+    (re.compile(r"vision_model\.encoder\.layers\.(\d+)\.self_attn$"), ("image", "image", "v")),
+    (re.compile(r"encoder\.layer\.(\d+)\.attention\.self$"), ("text", "text", "t-self")),
+    (re.compile(r"encoder\.layer\.(\d+)\.crossattention\.self$"), ("text", "image", "t-cross")),
+)
+
+
+def itm_match(output) -> torch.Tensor:
+    """BLIP's image-text matching target: the "match" logit ``itm_score[:, 1]``.
+
+    >>> from types import SimpleNamespace
+    >>> itm_match(SimpleNamespace(itm_score=torch.tensor([[0.1, 2.0]]))).tolist()
+    [2.0]
+    """
+    score = getattr(output, "itm_score", None)
+    if not isinstance(score, torch.Tensor) or score.ndim != 2 or score.shape[1] != 2:
+        raise ExplainError("BLIP's default target is the ITM match logit itm_score[:, 1] (use_itm_head=True); "
+                           "pass target= for other outputs")
+    return score[:, 1]
+
+
+def _blip_sites(model, inputs):
+    from ..capture.adapters import blip as _blip
+
+    sites = []
+    for path, m in model.named_modules():
+        if _is(m, "BlipAttention", _BLIP) and ".vision_model." in f".{path}":
+            sites.append(returned_weights(model, path))
+    for path, m in model.named_modules():
+        if _is(m, "BlipTextSelfAttention", _BLIP) and path.endswith("attention.self") \
+                and not path.endswith("crossattention.self"):
+            sites.append(returned_weights(model, path))
+    return sites + _blip.taps(model)
+
+
+def _blip_classify(amap: AttentionMap):
+    for rule, (q, k, stage) in _BLIP_RULES:
+        hit = rule.search(amap.site)
+        if hit:
+            return q, k, (stage, int(hit.group(1)))
+    raise ExplainError(f"BLIP profile: unexpected site {amap.site!r}")
+
+
+def _blip_layout(model, inputs, streams, maps) -> Layout:
+    from ..capture.adapters.blip import config_grid
+
+    n = streams["image"]
+    grid = config_grid(model)
+    return Layout(("text", None), ("image", torch.arange(1, n)), key_dim="patch",
+                  grid=grid if grid is not None and grid[0] * grid[1] == n - 1 else None)
+
+
+def blip_profile(model: nn.Module) -> Profile:
+    """Profile of transformers' BLIP image-text matching models (module docstring)."""
+    return Profile("blip", _blip_sites, _blip_classify, _blip_layout, target=itm_match,
+                   features=lambda m, inputs: ("layer", _join(_find(m, "BlipVisionModel", _BLIP), "embeddings")),
+                   description="vision self-attention, text self-attention and text-to-patch cross-attention",
+                   key_dim="patch", feature_keep=slice(1, None))
+
+
 register("attnlens", lambda m: bool(probe_taps(m)), attnlens_profile)
 register("lxmert", lambda m: _find(m, "LxmertModel", _LX) is not None, lxmert_profile)
 register("visualbert", lambda m: _find(m, "VisualBertModel", _VB) is not None, visualbert_profile)
+register("blip", lambda m: _find(m, "BlipTextModel", _BLIP) is not None and _find(m, "BlipVisionModel", _BLIP)
+         is not None, blip_profile)
