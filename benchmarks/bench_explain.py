@@ -16,10 +16,18 @@ backward for every example, layer and word, rollout as one chain of batched prod
 ``x forward`` = attnlens / one forward pass of the same batch (no_grad), per example. Every
 timing follows one warm-up call; the reference is timed once per three repeats (it is slow).
 
+With ``--sanity`` it also runs the model-parameter randomisation check
+(:func:`attnlens.explain.sanity.randomisation_check`) on the shipped, trained checkpoints of the
+matching and VQA tasks (``assets/checkpoints``; 8 test examples each) and prints, per method,
+the mean Spearman correlation between the trained and the re-initialised model's maps and
+whether the method passes (correlation < 0.5); methods that cannot run on a model are listed with
+the reason.
+
 Usage::
 
     python benchmarks/bench_explain.py                 # batch 8, 3 repeats (median)
     python benchmarks/bench_explain.py --batch 4 --repeats 5 --threads 2
+    python benchmarks/bench_explain.py --sanity --skip-timing
 """
 from __future__ import annotations
 
@@ -122,14 +130,73 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def trained_batches(n: int = 8):
+    """``(name, model, inputs)`` for shipped checkpoints (matching: SCAN t2i; VQA), ``n`` test examples."""
+    from pathlib import Path
+
+    from attnlens.tasks import get_task
+
+    root = Path(HERE).parent / "assets" / "checkpoints"
+    out = []
+    for alignment in ("general", "dot"):
+        ckpt = root / f"matching-{alignment}-seed0"
+        if not ckpt.exists():
+            continue
+        task = get_task("matching")
+        model = task.load(ckpt)
+        from attnlens.tasks.matching import _vocab, scene_tensors
+
+        data = scene_tensors("test", n, task._config_for(model, None), _vocab(model))
+        lengths = data["lengths"][:, 0]
+        inputs = dict(images=data["images"].float() / 255.0, boxes=data["boxes"], region_mask=data["region_mask"],
+                      tokens=data["tokens"][:, 0, :int(lengths.max())], lengths=lengths)
+        out.append((f"matching-{alignment}", model, inputs))
+    ckpt = root / "vqa-general-seed0"
+    if ckpt.exists():
+        from attnlens.tasks.vqa import load_data
+
+        task = get_task("vqa")
+        model = task.load(ckpt)
+        cfg, vocab, answers = task._config_and_vocab(model, None)
+        data = load_data(cfg, "test", vocab, answers)
+        q = torch.arange(min(n, len(data["tokens"])))
+        lengths = data["lengths"][q]
+        inputs = dict(tokens=data["tokens"][q, :int(lengths.max())], lengths=lengths,
+                      images=data["images"].float() / 255.0, boxes=data["boxes"], region_mask=data["region_mask"],
+                      image_index=data["q_image"][q])
+        out.append(("vqa-general", model, inputs))
+    return out
+
+
+def sanity() -> None:
+    import pandas as pd
+
+    from attnlens.explain.sanity import randomisation_check
+
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_colwidth", 70)
+    for name, model, inputs in trained_batches():
+        table = randomisation_check(model, inputs, options={"integrated_gradients": {"n_steps": 16}})
+        print(f"\nrandomisation check, {name} (trained checkpoint vs re-initialised copy):")
+        table["error"] = table.error.str.slice(0, 60)
+        print(table[["method", "spearman", "spearman_min", "spearman_max", "n_examples", "passed", "error"]]
+              .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ig-steps", type=int, default=32)
+    parser.add_argument("--sanity", action="store_true", help="also run the randomisation check on shipped models")
+    parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sanity:
+        sanity()
+    if args.skip_timing:
+        return
     B = args.batch
     print(f"attnlens.explain benchmark: batch {B}, {WORDS} words x {REGIONS} regions, {args.threads} thread(s), "
           f"median of {args.repeats}; torch {torch.__version__}")
