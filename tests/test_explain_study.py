@@ -25,7 +25,7 @@ def study(tmp_path_factory):
     try:
         out = tmp_path_factory.mktemp("study_explain")
         yield run_study(out, preset="quick", tasks=["fake"], alignments=["dot", "additive"], checkpoints=None,
-                        progress=False, n_boot=200, n_examples=8, explainers=EXPLAINERS)
+                        progress=False, n_boot=200, n_examples=6, explainers=EXPLAINERS)
     finally:
         task_base._TASKS.pop("fake", None)
 
@@ -60,3 +60,20 @@ def test_study_config_validates_explainers():
         study_config("quick", explainers=("rollout",), shard_size=4)
     assert study_config("quick", explainers="raw,rollout").explainers == ("raw", "rollout")
     assert study_config("quick").explainers == ()
+
+
+def test_cli_study_explainers_option(tmp_path, capsys):
+    from attnlens.cli import main
+
+    register_task("fake", FakeTask, overwrite=True)
+    try:
+        rc = main(["study", "--preset", "quick", "--out", str(tmp_path / "st"), "--tasks", "fake", "--alignments",
+                   "dot", "--n-examples", "3", "--checkpoints", "none", "--quiet", "--explainers", "raw,rollout"])
+        assert rc == 0
+        m = pd.read_csv(tmp_path / "st" / "metrics.csv")
+        assert {"dot", "dot+rollout"} <= set(m.alignment)
+        assert main(["study", "--preset", "quick", "--out", str(tmp_path / "x"), "--tasks", "fake", "--quiet",
+                     "--explainers", "rolout"]) == 1
+        assert "unknown explanation method (explainers) 'rolout'" in capsys.readouterr().err
+    finally:
+        task_base._TASKS.pop("fake", None)
