@@ -59,8 +59,11 @@ def cli(debug: bool) -> None:
 @click.option("--shard-size", type=click.IntRange(min=1), default=None,
               help="Compute each unit's examples and metric rows in shards of this many examples, saved as "
                    "they finish (same numbers; an interrupted unit resumes from its last shard).")
+@click.option("--explainers", multiple=True,
+              help="Explanation methods (attnlens.explain) scored next to the attention, comma-separated or "
+                   "repeated, e.g. raw,rollout,gradient_weighted; rows labelled <alignment>+<method>.")
 def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints, no_resume, quiet, engine,
-          address, shard_size):
+          address, shard_size, explainers):
     """Compare alignment functions end to end and write report.html, report.md and metrics.csv."""
     from .study import run_study
 
@@ -68,6 +71,8 @@ def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints
     kw = {} if n_examples is None else {"n_examples": n_examples}
     if shard_size is not None:
         kw["shard_size"] = shard_size
+    if _split(explainers):
+        kw["explainers"] = tuple(_split(explainers))
     res = run_study(out, preset=preset, tasks=_split(tasks), alignments=_split(alignments), seeds=seeds,
                     device=device, checkpoints=None if checkpoints.lower() == "none" else checkpoints,
                     resume=not no_resume, progress=not quiet, engine=engine, address=address, **kw)
