@@ -291,11 +291,11 @@ def test_softmax_outputs_records_a_chosen_module():
 
 
 def test_adapter_registry():
-    assert adapters.available() == ["blip", "lxmert", "visualbert"]
+    assert adapters.available() == ["blip", "dual", "llava", "lxmert", "qformer", "vilt", "visualbert"]
     with pytest.raises(RegistryError):
         adapters.register("blip", adapters.blip.find_taps)
     adapters.register("blip", adapters.blip.find_taps, overwrite=True)
-    assert adapters.available() == ["blip", "lxmert", "visualbert"]
+    assert adapters.available() == ["blip", "dual", "llava", "lxmert", "qformer", "vilt", "visualbert"]
 
 
 def test_nested_captures_of_one_model(lxmert):

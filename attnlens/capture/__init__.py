@@ -9,10 +9,11 @@
 See :mod:`attnlens.capture.core` (the context and recorder), :mod:`attnlens.capture.sites`
 (finding and choosing sites), :mod:`attnlens.capture.store` (memory budget, disk shards),
 :mod:`attnlens.capture.patches` (patch cells back to original-image boxes),
-:mod:`attnlens.capture.adapters` (LXMERT, VisualBERT, BLIP, any module's output),
-:mod:`attnlens.capture.primitives` (``nn.MultiheadAttention``, ``nn.Transformer*Layer``, fast
-path included), :mod:`attnlens.capture.sdpa` (``F.scaled_dot_product_attention`` inside any
-module) and :mod:`attnlens.capture.dispatch` (watching modules without per-module hooks).
+:mod:`attnlens.capture.adapters` (transformers vision-language families, any transformers
+attention module, any module's output), :mod:`attnlens.capture.primitives` (``nn.MultiheadAttention``,
+``nn.Transformer*Layer``, fast path included), :mod:`attnlens.capture.sdpa`
+(``F.scaled_dot_product_attention`` inside any module) and :mod:`attnlens.capture.dispatch`
+(watching modules without per-module hooks).
 """
 from __future__ import annotations
 

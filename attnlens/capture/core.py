@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..attention_map import AttentionMap, Side
-from ..errors import CaptureError, ShapeError
+from ..errors import CaptureError, DTypeError, ShapeError
 from ..models.attention import ProbeRecord
 from . import dispatch
 from .sites import Emitter, check_indices, select, this_thread
@@ -184,6 +184,21 @@ def stitch(maps: Sequence[AttentionMap]) -> AttentionMap:
                         first.layer, first.site, meta)
 
 
+def _storage_dtype(dtype) -> torch.dtype | None:
+    """``dtype=`` of :func:`capture` as a floating torch dtype (or ``None``).
+
+    >>> _storage_dtype("float16"), _storage_dtype(None)
+    (torch.float16, None)
+    """
+    if dtype is None:
+        return None
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise DTypeError(f"dtype must be a floating torch dtype or its name (e.g. torch.float16, 'bfloat16'), "
+                         f"got {dtype!r}")
+    return resolved
+
+
 class Capture:
     """Context manager behind :func:`capture`; ``__enter__`` returns the :class:`Recorder`."""
 
@@ -191,7 +206,7 @@ class Capture:
                  reduce_heads: str | None = None, keep_scores: bool = True, to_cpu: bool = True,
                  memory_budget: int | None = None, spill_dir=None, spill_format: str = "safetensors",
                  tokens: Sequence[str] | None = None, regions=None, region_meta: Mapping[str, Any] | None = None,
-                 strict: bool = True, grad: bool = False):
+                 strict: bool = True, grad: bool = False, dtype: torch.dtype | str | None = None):
         if grad and memory_budget is not None:
             raise CaptureError("grad=True keeps each map in the autograd graph; it cannot spill to disk, so "
                                f"memory_budget must be None (got {memory_budget})")
@@ -210,6 +225,7 @@ class Capture:
         self.layers = None if layers is None else set(layers)
         self.reduce_heads, self.keep_scores, self.to_cpu, self.strict = reduce_heads, keep_scores, to_cpu, strict
         self.grad = bool(grad)
+        self.dtype = _storage_dtype(dtype)
         if isinstance(tokens, str):
             tokens = tokens.split()
         self.tokens = None if tokens is None else tuple(str(t) for t in tokens)
@@ -318,6 +334,9 @@ class Capture:
             weights = weights.index_select(ax, idx)
             scores = None if scores is None else scores.index_select(ax, idx)
             meta["queries"] = self.queries.tolist()
+        if self.dtype is not None:  # a copy: the stored map never keeps a larger tensor alive
+            weights = weights.to(self.dtype, copy=True)
+            scores = None if scores is None else scores.to(self.dtype, copy=True)
         if self.to_cpu and not self.grad:
             weights = weights.cpu()
             scores = None if scores is None else scores.cpu()
@@ -345,9 +364,10 @@ class Capture:
                 tokens = self.tokens
             elif modality == "unknown" and self.tokens is not None and tokens is None and len(self.tokens) == n:
                 tokens = self.tokens  # a primitive's side of unknown modality that fits the given tokens
+            transform = meta.pop(f"{which}_transform", None)
             if modality == "image":
                 grid = self.region_meta.get("grid", grid)
-                transform = self.region_meta.get("transform")
+                transform = self.region_meta.get("transform", transform)
                 if self.regions is not None:
                     if len(self.regions) != n:
                         raise CaptureError(f"regions= has {len(self.regions)} boxes but axis {dim!r} of site "
@@ -361,7 +381,7 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
             reduce_heads: str | None = None, keep_scores: bool = True, to_cpu: bool = True,
             memory_budget: int | None = None, spill_dir=None, spill_format: str = "safetensors",
             tokens: Sequence[str] | None = None, regions=None, region_meta: Mapping[str, Any] | None = None,
-            strict: bool = True, grad: bool = False) -> Capture:
+            strict: bool = True, grad: bool = False, dtype: torch.dtype | str | None = None) -> Capture:
     """Record the attention maps of ``model`` while it runs inside a ``with`` block.
 
     Args:
@@ -399,6 +419,8 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
             device), so that gradients of the model's output with respect to the attention
             weights can be taken (``torch.autograd.grad(out, [m.weights for m in rec.maps])``);
             used by :mod:`attnlens.explain`. Needs ``memory_budget=None``.
+        dtype: store the maps' tensors in this floating dtype (``torch.float16`` or
+            ``"float16"`` halves their memory and spill size); ``None`` keeps the model's.
 
     Returns:
         A context manager whose ``__enter__`` returns the :class:`Recorder`.
@@ -413,4 +435,4 @@ def capture(model: nn.Module, sites=None, *, heads=None, queries=None, layers: I
     return Capture(model, sites, heads=heads, queries=queries, layers=layers, reduce_heads=reduce_heads,
                    keep_scores=keep_scores, to_cpu=to_cpu, memory_budget=memory_budget, spill_dir=spill_dir,
                    spill_format=spill_format, tokens=tokens, regions=regions, region_meta=region_meta,
-                   strict=strict, grad=grad)
+                   strict=strict, grad=grad, dtype=dtype)

@@ -65,6 +65,8 @@ class BlipCrossTap(Tap):
             n_patches = weights.shape[-1] - 1
             meta = {"method": "returned", "alignment": "scaled_dot", "direction": "t2i",
                     "query_modality": "text", "key_modality": "image", "key_grid": self._grid_for(n_patches)}
+            meta["query_positions"] = list(range(weights.shape[-2]))
+            meta["key_positions"] = list(range(1 if self.drop_cls else 0, weights.shape[-1]))
             if self.drop_cls:
                 weights = weights[..., 1:]
                 meta["dropped_prefix_keys"] = 1
@@ -82,9 +84,12 @@ def taps(model: nn.Module, *, drop_cls: bool = False) -> list[Tap]:
     Args:
         drop_cls: remove the ``[CLS]`` image token from the keys (keys = grid cells only).
     """
+    found = [(path, m) for path, m in model.named_modules()
+             if _is(m, "BlipTextSelfAttention") and path.endswith("crossattention.self")]
+    if not found:  # read the config only for a BLIP model (other configs may refuse unknown attributes)
+        return []
     grid = config_grid(model)
-    return [BlipCrossTap(path, m, grid, drop_cls) for path, m in model.named_modules()
-            if _is(m, "BlipTextSelfAttention") and path.endswith("crossattention.self")]
+    return [BlipCrossTap(path, m, grid, drop_cls) for path, m in found]
 
 
 find_taps = taps

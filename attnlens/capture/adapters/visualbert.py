@@ -8,9 +8,11 @@ every layer runs self-attention over the joint sequence. The adapter records eac
     encoder.layer.{i}.attention.self/t2i   weights[:, :, :T, T:]   ("batch", "head", "word", "region")
     encoder.layer.{i}.attention.self/i2t   weights[:, :, T:, :T]   ("batch", "head", "region", "word")
 
-These blocks are parts of rows that sum to 1 over all T+V keys, so a block's rows sum to the
-mass given to the other modality (``meta["block"]`` says which block). The weights are the
-module's own, returned by setting its ``output_attentions`` for the call
+``meta["query_positions"]`` / ``meta["key_positions"]`` give the rows' and columns' positions in
+the joint sequence (see :mod:`attnlens.capture.adapters`). These blocks are parts of rows that
+sum to 1 over all T+V keys, so a block's rows sum to the mass given to the other modality
+(``meta["block"]`` says which block). The weights are the module's own, returned by setting
+its ``output_attentions`` for the call
 (``meta["method"] = "returned"``); they equal the matching block of the model's
 ``attentions`` with ``output_attentions=True``.
 """
@@ -80,9 +82,13 @@ class VisualBertTap(Tap):
             for d, (w, dims, q, k) in blocks.items():
                 name = f"{path}/{d}"
                 if name in wanted:
+                    text, visual = list(range(t)), list(range(t, weights.shape[-1]))
                     emit(name, ProbeRecord(w, None, dims, meta={
                         "method": "returned", "alignment": "scaled_dot", "direction": d, "block": d,
-                        "text_length": t, "query_modality": q, "key_modality": k}))
+                        "text_length": t, "query_modality": q, "key_modality": k,
+                        "query_positions": text if d == "t2i" else visual,
+                        "key_positions": visual if d == "t2i" else text,
+                        "text_positions": text, "image_positions": visual}))
         return on_weights
 
 
