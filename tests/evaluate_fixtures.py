@@ -19,12 +19,20 @@ FEAT_DIM = 16
 
 def _box(rng, W, H):
     x1, y1 = rng.integers(0, W // 2), rng.integers(0, H // 2)
-    return [int(x1), int(y1), int(min(W, x1 + rng.integers(8, W // 2))), int(min(H, y1 + rng.integers(8, H // 2)))]
+    return [int(x1), int(y1), int(min(W - 2, x1 + rng.integers(8, W // 2))), int(min(H - 2, y1 + rng.integers(8, H // 2)))]
+
+
+def grid_boxes(size, grid=(4, 4)) -> np.ndarray:
+    """``[rows * cols, 4]`` boxes tiling an image of ``size = (H, W)``."""
+    H, W = size
+    r, c = grid
+    return np.array([[j * W / c, i * H / r, (j + 1) * W / c, (i + 1) * H / r] for i in range(r) for j in range(c)])
 
 
 def write_flickr30k(root, n_images: int = 6, *, seed: int = 0, size=(48, 64), n_regions: int = 5,
-                    images: bool = True) -> Path:
-    """A Flickr30K-Entities-format folder (module docstring); returns ``root``."""
+                    images: bool = True, grid: tuple[int, int] | None = None) -> Path:
+    """A Flickr30K-Entities-format folder (module docstring); returns ``root``. With ``grid`` the
+    region features are on a grid of cells tiling the image instead (no entity slots)."""
     import cv2
 
     root = Path(root)
@@ -50,6 +58,9 @@ def write_flickr30k(root, n_images: int = 6, *, seed: int = 0, size=(48, 64), n_
         feats = rng.normal(0, 0.1, (n_regions, FEAT_DIM)).astype(np.float32)
         feats[:, :N_SLOTS] = 0
         feats[0, a] = feats[1, b] = 1.0
+        if grid is not None:
+            boxes = grid_boxes(size, grid)
+            feats = rng.normal(0, 1.0, (len(boxes), FEAT_DIM)).astype(np.float32)
         np.savez(root / "features" / f"{iid}.npz", boxes=np.asarray(boxes, dtype=np.float64), features=feats)
     return root
 

@@ -203,7 +203,7 @@ def _precomputed_items(split, groundings: Mapping[str, GroundedCaption], limit) 
                 targets = caption_targets(g)
                 size = g.image_size or size
             out.append(EvalItem(key, tuple(tokens), targets, tuple(size), None, boxes,
-                                np.asarray(item.features, dtype=np.float32), {}))
+                                np.array(item.features, dtype=np.float32), {}))  # a copy of the memory map
     return out
 
 
@@ -217,10 +217,10 @@ def _one(folder: Path, pattern: str, what: str) -> Path:
 def detect_format(path) -> str:
     """The format of a dataset folder (see :func:`load_data`)."""
     p = Path(path)
+    if list(p.glob("*_ims.npy")):  # before Flickr30K: a SCAN-layout folder may hold its groundings
+        return "precomputed"
     if (p / "Sentences").is_dir() and (p / "Annotations").is_dir():
         return "flickr30k"
-    if list(p.glob("*_ims.npy")):
-        return "precomputed"
     if list(p.glob("captions*.json")) and list(p.glob("instances*.json")):
         return "coco"
     if list(p.glob("refs*.json")):
