@@ -3,7 +3,7 @@
 * ``scan`` -- :class:`~.scan.ScanSpec`: SCAN on SCAN-layout precomputed features (public checkpoint
   layout through :func:`~.scan.load_scan`);
 * ``lxmert``, ``visualbert`` -- :mod:`.regions`: transformers models on region features with boxes;
-* ``vilt`` -- :class:`~.pixels.ViltSpec`: ViLT image-text matching on pixels;
+* ``vilt``, ``blip`` -- :mod:`.pixels`: ViLT / BLIP image-text matching on pixels;
 * ``module`` -- :class:`attnlens.evaluate.spec.ModuleSpec`: a user's own module.
 """
 from __future__ import annotations
@@ -54,4 +54,5 @@ register("scan", _lazy(".scan", "ScanSpec"))
 register("lxmert", _lazy(".regions", "LxmertSpec"))
 register("visualbert", _lazy(".regions", "VisualBertSpec"))
 register("vilt", _lazy(".pixels", "ViltSpec"))
+register("blip", _lazy(".pixels", "BlipSpec"))
 register("module", _lazy("..spec", "ModuleSpec"))

@@ -1,0 +1,71 @@
+"""Ready specs: BLIP on pixels with every explainer, ViLT with its own image processor (patch
+cells mapped back through the processor's resize and pad), the spec registry."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import attnlens
+from attnlens.errors import RegistryError
+from attnlens.evaluate import EvalItem
+from attnlens.evaluate.specs.pixels import BlipSpec, ViltSpec
+from attnlens.evaluate.task import SpecTask
+
+from evaluate_fixtures import write_flickr30k
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_blip_itm_with_explainers(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BlipConfig(
+        text_config=dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=2,
+                         intermediate_size=24, encoder_hidden_size=16, max_position_embeddings=16,
+                         bos_token_id=1, sep_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
+                           image_size=32, patch_size=8),
+        image_text_hidden_size=16)
+    model = transformers.BlipForImageTextRetrieval(cfg).eval()
+    root = write_flickr30k(tmp_path / "f30k", n_images=2)
+    res = attnlens.evaluate(model, root, spec="blip", explainers=("raw", "gradient_weighted"), out=tmp_path / "out",
+                            settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
+    pg = res.metrics.query("metric == 'pointing_game'").set_index("alignment")
+    assert pg.loc["raw", "n"] == pg.loc["gradient_weighted", "n"] == 6
+    # the scored output is the ITM match logit of the example
+    item = attnlens.evaluate.load_data(root)[0]
+    spec = BlipSpec()
+    with torch.no_grad():
+        logit = model(**spec.inputs(model, item)).itm_score[0, 1]
+    ex = attnlens.study.units.load_examples(tmp_path / "out" / "units" / "blip" / "raw" / "seed0")[0]
+    assert ex["output"] == pytest.approx(float(logit), abs=1e-6)
+
+
+def test_vilt_with_its_image_processor_maps_cells_to_the_original_image():
+    torch.manual_seed(0)
+    cfg = transformers.ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  image_size=32, patch_size=8, max_image_length=-1, vocab_size=100,
+                                  max_position_embeddings=40)
+    model = transformers.ViltForImageAndTextRetrieval(cfg).eval()
+    proc = SimpleNamespace(image_processor=transformers.ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=8))
+    img = np.random.default_rng(0).integers(0, 255, (30, 70, 3), dtype=np.uint8)
+    item = EvalItem("i/0", ("a", "dog"), (), (30, 70), image=img)
+    spec = ViltSpec(processor=proc)
+    inputs = spec.inputs(model, item)
+    regions = spec.regions(model, item, inputs)
+    rows, cols = inputs["pixel_values"].shape[-2] // 8, inputs["pixel_values"].shape[-1] // 8
+    assert len(regions) == rows * cols
+    b = regions.boxes
+    area = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    assert area.sum() == pytest.approx(30 * 70, rel=1e-6)  # the kept cells tile the original image
+    assert b[:, 2].max() == pytest.approx(70) and b[:, 3].max() == pytest.approx(30)
+    ex = SpecTask(spec, [item], "raw", model=model).example(model, 0)
+    assert ex.attention.weights.shape == (2, rows * cols)
+
+
+def test_spec_registry():
+    assert {"blip", "lxmert", "module", "scan", "vilt", "visualbert"} <= set(attnlens.evaluate.available_specs())
+    with pytest.raises(RegistryError):
+        attnlens.evaluate.register_spec("vilt", ViltSpec)
