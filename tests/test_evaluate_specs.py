@@ -69,3 +69,21 @@ def test_spec_registry():
     assert {"blip", "lxmert", "module", "scan", "vilt", "visualbert"} <= set(attnlens.evaluate.available_specs())
     with pytest.raises(RegistryError):
         attnlens.evaluate.register_spec("vilt", ViltSpec)
+
+
+def test_rcar_on_precomputed_features(tmp_path):
+    from attnlens.evaluate.specs.scan import PrecomputedScan
+    from attnlens.models.rcar import RCARSimilarity
+
+    from evaluate_fixtures import FEAT_DIM
+
+    root = write_flickr30k(tmp_path / "f30k", n_images=2)
+    torch.manual_seed(0)
+    model = PrecomputedScan(vocab_size=40, img_dim=FEAT_DIM, embed_size=8, word_dim=8,
+                            sim=RCARSimilarity(8, 4, mode="rcar", steps=2)).eval()
+    res = attnlens.evaluate(model, root, spec="scan", explainers=("raw", "rollout"), out=tmp_path / "out",
+                            settings={"steps": 4, "n_subsets": 5, "gradient_agreement": ("input_x_gradient",)},
+                            n_boot=200, gallery=1)
+    m = res.metrics.set_index(["alignment", "metric"])
+    assert m.loc[("raw", "pointing_game"), "n"] == 6
+    assert np.isfinite(m.loc[("raw", "ixg_kendall_tau"), "mean"])  # gradient agreement through feature_forward

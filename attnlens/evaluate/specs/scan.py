@@ -1,11 +1,13 @@
-"""SCAN on SCAN-layout precomputed region features (with their boxes): model and spec.
+"""SCAN / RCAR on SCAN-layout precomputed region features (with their boxes): model and spec.
 
 :class:`PrecomputedScan` is SCAN as published (Lee et al. 2018): a linear image encoder over the
 precomputed features (:class:`~attnlens.models.encoders.PrecompImageEncoder`), a GRU caption
 encoder (:class:`~attnlens.models.encoders.GRUTextEncoder`) and attnlens' stacked cross
 attention (:class:`~attnlens.models.scan.ScanSimilarity`, any alignment function). Its forward
 ``(images [Ni, R, D], tokens [Nc, L], lengths [Nc], image_mask [Ni, R])`` returns the
-similarities ``S [Ni, Nc]``. :func:`load_scan` reads the public SCAN checkpoint layout
+similarities ``S [Ni, Nc]``. ``sim=`` replaces the similarity module by any module with the same
+call (``sim(images, captions, lengths, image_mask) -> S``), e.g.
+:class:`~attnlens.models.rcar.RCARSimilarity` for RCAR. :func:`load_scan` reads the public SCAN checkpoint layout
 (``torch.load(weights_only=True)``, :func:`attnlens.models.checkpoints.load_scan_checkpoint`).
 
 :class:`ScanSpec`: item ``i`` is its region features with its caption (one id per word from the
@@ -43,11 +45,12 @@ class PrecomputedScan(nn.Module):
 
     def __init__(self, vocab_size: int = 100, img_dim: int = 2048, embed_size: int = 1024, word_dim: int = 300,
                  *, direction: str = "t2i", alignment: str = "dot", image_encoder: nn.Module | None = None,
-                 text_encoder: nn.Module | None = None, vocab=None, **scan_options):
+                 text_encoder: nn.Module | None = None, vocab=None, sim: nn.Module | None = None, **scan_options):
         super().__init__()
         self.image_encoder = image_encoder if image_encoder is not None else PrecompImageEncoder(img_dim, embed_size)
         self.text_encoder = text_encoder if text_encoder is not None else GRUTextEncoder(vocab_size, word_dim, embed_size)
-        self.sim = ScanSimilarity(direction, alignment=alignment, dim=self.image_encoder.embed_size, **scan_options)
+        self.sim = sim if sim is not None else ScanSimilarity(direction, alignment=alignment,
+                                                              dim=self.image_encoder.embed_size, **scan_options)
         self.vocab = vocab
         self.explain_features = ("input", "images")
 
