@@ -87,3 +87,39 @@ def test_rcar_on_precomputed_features(tmp_path):
     m = res.metrics.set_index(["alignment", "metric"])
     assert m.loc[("raw", "pointing_game"), "n"] == 6
     assert np.isfinite(m.loc[("raw", "ixg_kendall_tau"), "mean"])  # gradient agreement through feature_forward
+
+
+def tiny_llava():
+    T = transformers
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=100, max_position_embeddings=256)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    cfg = T.LlavaConfig(vision_config=T.CLIPVisionConfig(**vision), text_config=T.LlamaConfig(**text), image_token_id=99)
+    return T.LlavaForConditionalGeneration(cfg).eval()
+
+
+def test_llava_describing_and_answering(tmp_path):
+    from attnlens.evaluate.specs.llava import LlavaSpec
+
+    model = tiny_llava()
+    root = write_flickr30k(tmp_path / "f30k", n_images=2)
+    res = attnlens.evaluate(model, root, spec="llava", explainers=("raw:layer=0",), out=tmp_path / "out",
+                            settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
+    assert res.metrics.query("metric == 'pointing_game' and alignment == 'raw:layer=0'")["n"].iloc[0] == 6
+    # the scored output: mean log-probability of the answer's tokens after the question (teacher forcing),
+    # recomputed here token by token
+    img = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    item = EvalItem("q/0", ("what", "is", "it"), (), (40, 40), image=img, meta={"answer": "a dog"})
+    spec = LlavaSpec()
+    inputs = spec.inputs(model, item)
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[1:17] == [99] * 16 and len(ids) == 1 + 16 + 3 + 2
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].float()
+    expected = np.mean([float(torch.log_softmax(logits[p - 1], -1)[ids[p]]) for p in (len(ids) - 2, len(ids) - 1)])
+    assert float(spec.score(model, inputs, item)[0]) == pytest.approx(expected, abs=1e-5)
+    w = spec.attention(model, item, inputs, "raw")  # text rows (BOS, 3 words, 2 answer words) x 16 image tokens
+    assert w.shape == (6, 16)
+    assert spec.word_positions(model, item, inputs) == [[1], [2], [3]]

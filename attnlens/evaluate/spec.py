@@ -145,8 +145,8 @@ class ModelSpec:
         x = x.float()
         return x.reshape(len(x), -1)[:, 0]
 
-    def score(self, model, inputs: dict) -> torch.Tensor:
-        """``[B]`` the scored output of ``model(**inputs)``."""
+    def score(self, model, inputs: dict, item=None) -> torch.Tensor:
+        """``[B]`` the scored output of ``model(**inputs)`` (``item``: the item the inputs are of)."""
         with torch.no_grad():
             return self.target(model(**inputs)).detach().float().cpu()
 

@@ -94,7 +94,7 @@ class SpecTask:
             raise ShapeError(f"spec {spec.name!r}, explainer {self.explainer!r}, item {item.item_id}: the map has shape "
                              f"{tuple(raw.shape)} but the image side has {len(regions)} regions/patches")
         weights = word_rows(raw, spec.word_positions(model, item, inputs))
-        output = float(spec.score(model, inputs)[0])
+        output = float(spec.score(model, inputs, item)[0])
         amap = word_region_map(weights, tokens=item.tokens, regions=regions, site=f"{spec.name}:{self.explainer}",
                                meta={"explainer": self.explainer, "spec": spec.name})
         return AnalysisExample(example_id=item.item_id, image=item.image if item.image is not None else _blank(item.image_size),
@@ -128,7 +128,7 @@ class SpecTask:
                 rows = torch.nonzero(index == e).flatten()
                 item, inputs = prepared[e]
                 batch = self.spec.remove(model, item, inputs, keep[rows], removal)
-                out[rows] = self.spec.score(model, batch).float()
+                out[rows] = self.spec.score(model, batch, item).float()
             return out
 
         return score

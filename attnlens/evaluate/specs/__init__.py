@@ -4,6 +4,7 @@
   layout through :func:`~.scan.load_scan`);
 * ``lxmert``, ``visualbert`` -- :mod:`.regions`: transformers models on region features with boxes;
 * ``vilt``, ``blip`` -- :mod:`.pixels`: ViLT / BLIP image-text matching on pixels;
+* ``llava`` -- :class:`~.llava.LlavaSpec`: a LLaVA-style model answering a question / describing an image;
 * ``module`` -- :class:`attnlens.evaluate.spec.ModuleSpec`: a user's own module.
 """
 from __future__ import annotations
@@ -55,4 +56,5 @@ register("lxmert", _lazy(".regions", "LxmertSpec"))
 register("visualbert", _lazy(".regions", "VisualBertSpec"))
 register("vilt", _lazy(".pixels", "ViltSpec"))
 register("blip", _lazy(".pixels", "BlipSpec"))
+register("llava", _lazy(".llava", "LlavaSpec"))
 register("module", _lazy("..spec", "ModuleSpec"))
