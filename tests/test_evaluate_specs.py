@@ -123,3 +123,41 @@ def test_llava_describing_and_answering(tmp_path):
     w = spec.attention(model, item, inputs, "raw")  # text rows (BOS, 3 words, 2 answer words) x 16 image tokens
     assert w.shape == (6, 16)
     assert spec.word_positions(model, item, inputs) == [[1], [2], [3]]
+
+
+def test_clip_similarity_raw_and_rollout(tmp_path):
+    from attnlens.evaluate.specs.clip import ClipSpec, rollout_row
+
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=100, max_position_embeddings=32),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8), projection_dim=8)
+    model = transformers.CLIPModel(cfg).eval()
+    root = write_flickr30k(tmp_path / "f30k", n_images=2)
+    res = attnlens.evaluate(model, root, spec="clip", explainers=("raw", "rollout"), out=tmp_path / "out",
+                            settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
+    assert set(res.metrics.query("metric == 'pointing_game'")["alignment"]) >= {"raw", "rollout"}
+    # raw: the [CLS] row over the patches of the last layer, from the model's own attentions
+    item = attnlens.evaluate.load_data(root)[0]
+    spec = ClipSpec()
+    inputs = spec.inputs(model, item)
+    eager = transformers.CLIPModel(cfg).eval()
+    eager.load_state_dict(model.state_dict())
+    eager.config._attn_implementation = "eager"
+    for m in eager.modules():
+        if hasattr(getattr(m, "config", None), "_attn_implementation_internal"):
+            m.config._attn_implementation_internal = "eager"
+    with torch.no_grad():
+        att = eager.vision_model(pixel_values=inputs["pixel_values"], output_attentions=True).attentions
+    torch.testing.assert_close(spec.attention(model, item, inputs, "raw")[0], att[-1][0].mean(0)[0, 1:],
+                               atol=1e-6, rtol=1e-5)
+    # rollout against the loops of the definition
+    a = [x[0].mean(0).double() for x in att]
+    joint = [[float(i == j) for j in range(17)] for i in range(17)]
+    for layer in a:
+        h = (0.5 * layer + 0.5 * torch.eye(17, dtype=torch.float64)).tolist()
+        h = [[v / sum(row) for v in row] for row in h]
+        joint = [[sum(h[i][k] * joint[k][j] for k in range(17)) for j in range(17)] for i in range(17)]
+    torch.testing.assert_close(rollout_row(a, 0), torch.tensor(joint[0], dtype=torch.float64))

@@ -20,7 +20,7 @@ from ..errors import CheckpointError, UnknownNameError
 
 __all__ = ["load_model", "SPEC_OF_MODEL_TYPE"]
 
-SPEC_OF_MODEL_TYPE = {"vilt": "vilt", "lxmert": "lxmert", "visual_bert": "visualbert", "blip": "blip", "llava": "llava"}
+SPEC_OF_MODEL_TYPE = {"vilt": "vilt", "lxmert": "lxmert", "visual_bert": "visualbert", "blip": "blip", "llava": "llava", "clip": "clip", "siglip": "clip"}
 
 
 def _call(ref: str):
@@ -74,7 +74,7 @@ def load_model(ref: str, spec: str | None = None, vocab: str | None = None):
         tok = _tokenizer(p)
         if tok is None:
             return model, get_spec(name)
-        if name in ("vilt", "blip", "llava"):
+        if name in ("vilt", "blip", "llava", "clip"):
             return model, get_spec(name, processor=tok) if hasattr(tok, "image_processor") else \
                 get_spec(name, tokenizer=tok)
         return model, get_spec(name, tokenizer=getattr(tok, "tokenizer", tok))

@@ -5,6 +5,7 @@
 * ``lxmert``, ``visualbert`` -- :mod:`.regions`: transformers models on region features with boxes;
 * ``vilt``, ``blip`` -- :mod:`.pixels`: ViLT / BLIP image-text matching on pixels;
 * ``llava`` -- :class:`~.llava.LlavaSpec`: a LLaVA-style model answering a question / describing an image;
+* ``clip`` -- :class:`~.clip.ClipSpec`: CLIP / SigLIP similarity (the image tower's [CLS] row, raw or rollout);
 * ``module`` -- :class:`attnlens.evaluate.spec.ModuleSpec`: a user's own module.
 """
 from __future__ import annotations
@@ -57,4 +58,5 @@ register("visualbert", _lazy(".regions", "VisualBertSpec"))
 register("vilt", _lazy(".pixels", "ViltSpec"))
 register("blip", _lazy(".pixels", "BlipSpec"))
 register("llava", _lazy(".llava", "LlavaSpec"))
+register("clip", _lazy(".clip", "ClipSpec"))
 register("module", _lazy("..spec", "ModuleSpec"))
