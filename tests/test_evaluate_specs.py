@@ -29,11 +29,11 @@ def test_blip_itm_with_explainers(tmp_path):
                            image_size=32, patch_size=8),
         image_text_hidden_size=16)
     model = transformers.BlipForImageTextRetrieval(cfg).eval()
-    root = write_flickr30k(tmp_path / "f30k", n_images=2)
+    root = write_flickr30k(tmp_path / "f30k", n_images=1)
     res = attnlens.evaluate(model, root, spec="blip", explainers=("raw", "gradient_weighted"), out=tmp_path / "out",
                             settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
     pg = res.metrics.query("metric == 'pointing_game'").set_index("alignment")
-    assert pg.loc["raw", "n"] == pg.loc["gradient_weighted", "n"] == 6
+    assert pg.loc["raw", "n"] == pg.loc["gradient_weighted", "n"] == 3
     # the scored output is the ITM match logit of the example
     item = attnlens.evaluate.load_data(root)[0]
     spec = BlipSpec()
