@@ -85,3 +85,17 @@ def test_parse_explainer():
     assert parse_explainer("rollout") == ("rollout", {})
     with pytest.raises(ValueError, match="key=value"):
         parse_explainer("raw:layer")
+
+
+@pytest.mark.slow
+def test_process_engine_gives_the_local_numbers(tmp_path):
+    """Shards in 2 spawned worker processes (the task, model included, is pickled to them)."""
+    from test_evaluate import tiny_lxmert
+
+    root = write_flickr30k(tmp_path / "f30k", n_images=3)
+    model = tiny_lxmert()
+    local = attnlens.evaluate(model, root, spec="lxmert", out=tmp_path / "A", shard_size=2, **FAST)
+    procs = attnlens.evaluate(model, root, spec="lxmert", out=tmp_path / "B", shard_size=2, engine="process",
+                              workers=2, **FAST)
+    for f in ("metrics.csv", "metrics_long.csv", "curves.csv"):
+        assert (local.out / f).read_bytes() == (procs.out / f).read_bytes(), f
