@@ -253,3 +253,26 @@ def blip_relevance(model, inputs, target):
                 R_tt, R_ti = R_tt + cam @ R_tt, R_ti + cam @ R_ti
         out.append(R_ti[:, 1:])
     return out
+
+
+def attention_flow_single_stream(layers, text, image):
+    """Abnar & Zuidema's attention flow with networkx (float capacities): per layer 0.5 A + 0.5 I
+    (head mean, rows renormalised) as capacities from level l + 1 to level l, max flow from each
+    text token at the top to each image token at level 0."""
+    import networkx as nx
+
+    n = layers[0][0].shape[-1]
+    g = nx.DiGraph()
+    for l, (a, _) in enumerate(layers):
+        w = 0.5 * a.mean(0) + 0.5 * torch.eye(n, dtype=torch.float64)
+        w = w / w.sum(-1, keepdim=True)
+        for i in range(n):
+            for j in range(n):
+                if w[i, j] > 0:
+                    g.add_edge((l + 1, i), (l, j), capacity=float(w[i, j]))
+    top = len(layers)
+    out = torch.zeros(len(text), len(image), dtype=torch.float64)
+    for x, t in enumerate(text):
+        for y, r in enumerate(image):
+            out[x, y] = nx.maximum_flow_value(g, (top, t), (0, r))
+    return out

@@ -196,7 +196,7 @@ def test_model_is_left_exactly_as_it_was(lxmert):
     try:
         for method in ex.available():
             ex.explain(model, inputs, method, target=qa_top)
-            if method not in ("raw", "rollout"):  # these two never evaluate the target
+            if method not in ("raw", "rollout", "attention_flow"):  # these never evaluate the target
                 with pytest.raises(RuntimeError, match="boom"):
                     ex.explain(model, inputs, method, target=lambda o: (_ for _ in ()).throw(RuntimeError("boom")))
             assert hook_state(model) == hooks, method
@@ -271,3 +271,26 @@ def test_blip_gradient_weighted_matches_reference_and_keeps_the_patch_grid(blip)
     torch.testing.assert_close(raw.weights, rec.maps[-1].weights.mean(1))
     ixg = ex.explain(model, inputs, "input_x_gradient")
     assert ixg.shape == {"batch": 2, "output": 1, "patch": 16}
+
+
+# ----------------------------------------------------------------------------- attention flow
+def test_attention_flow_matches_a_networkx_reference(visualbert):
+    pytest.importorskip("networkx")
+    model, inputs = visualbert
+    layers = ref.joint_attentions(model, inputs, logits_top, grad=False)
+    amap = ex.explain(model, inputs, "attention_flow")
+    assert amap.shape == {"batch": 2, "word": 5, "region": 4}
+    for b in range(2):
+        expected = ref.attention_flow_single_stream(layers[b], list(range(5)), list(range(5, 9)))
+        torch.testing.assert_close(amap.weights[b], expected, rtol=0, atol=5e-5)  # integer capacities, scale 1e6
+    with pytest.raises(ExplainError, match="max_tokens=8"):
+        ex.explain(model, inputs, "attention_flow", max_tokens=8)
+
+
+def test_attention_flow_of_one_layer_is_its_capacity():
+    from attnlens.explain.flow import max_flows
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.softmax(torch.randn(1, 6, 6, generator=g, dtype=torch.float64), -1).numpy()
+    torch.testing.assert_close(torch.as_tensor(max_flows(m, range(6), range(6))), torch.as_tensor(m[0]),
+                               rtol=0, atol=1e-6)

@@ -13,13 +13,14 @@ Methods (:func:`available`; add one with :func:`register`):
 * ``gradient_weighted`` -- Chefer, Gur & Wolf 2021's relevance propagation (:mod:`.relevance`);
 * ``attention_x_gradient`` -- one layer's ``mean_h (grad * A)^+`` (:mod:`.raw`);
 * ``integrated_gradients``, ``input_x_gradient``, ``gradcam`` -- captum attributions of the
-  image features, one row per example (:mod:`.attribution`).
+  image features, one row per example (:mod:`.attribution`);
+* ``attention_flow`` -- Abnar & Zuidema's max-flow, for small token counts (:mod:`.flow`).
 
 :func:`attnlens.explain.sanity.randomisation_check` runs the model-parameter randomisation test.
 """
 from __future__ import annotations
 
-from . import attribution, profiles, raw as _raw, relevance, rollout as _rollout
+from . import attribution, flow, profiles, raw as _raw, relevance, rollout as _rollout
 from .profiles import Profile, profile_for, single_stream
 from .registry import Context, Result, available, explain, register
 
@@ -30,6 +31,7 @@ register("attention_x_gradient", _raw.attention_x_gradient, overwrite=True)
 register("integrated_gradients", attribution.integrated_gradients, overwrite=True)
 register("input_x_gradient", attribution.input_x_gradient, overwrite=True)
 register("gradcam", attribution.gradcam, overwrite=True)
+register("attention_flow", flow.attention_flow, overwrite=True)
 
 
 def __getattr__(name):
@@ -41,4 +43,4 @@ def __getattr__(name):
 
 
 __all__ = ["Context", "Profile", "Result", "available", "explain", "profile_for", "profiles", "register",
-           "single_stream", "attribution", "relevance"]
+           "single_stream", "attribution", "flow", "relevance"]

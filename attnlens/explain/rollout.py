@@ -34,26 +34,36 @@ def offsets(streams: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def rollout_matrix(trace, heads="mean") -> tuple[torch.Tensor, dict[str, int]]:
-    """The rolled-out ``[B, N, N]`` matrix of the trace and the stream offsets."""
+def stage_matrices(trace, heads="mean") -> tuple[list[torch.Tensor], dict[str, int]]:
+    """Each stage's ``[B, N, N]`` matrix ``0.5 A + 0.5 I`` (rows renormalised; identity rows for
+    streams that do not attend in the stage) and the stream offsets (module docstring)."""
     off = offsets(trace.streams)
     n = sum(trace.streams.values())
     first = trace.steps[0].weights
     eye = torch.eye(n, dtype=first.dtype, device=first.device)
-    rolled = eye.expand(trace.batch, n, n).clone()
+    out = []
     for stage in trace.stages():
-        attn = torch.zeros_like(rolled)
+        attn = first.new_zeros(trace.batch, n, n)
         count: dict[str, int] = {}
         for step in stage:
             a, b = off[step.query], off[step.key]
             q, k = step.weights.shape[-2:]
             attn[:, a:a + q, b:b + k] += fuse_heads(step.weights, heads)
             count[step.query] = count.get(step.query, 0) + 1
-        m = eye.expand_as(rolled).clone()
+        m = eye.expand(trace.batch, n, n).clone()
         for s, c in count.items():
             a, q = off[s], trace.streams[s]
             rows = 0.5 * eye[a:a + q] + 0.5 * attn[:, a:a + q] / c
             m[:, a:a + q] = rows / rows.sum(-1, keepdim=True)
+        out.append(m)
+    return out, off
+
+
+def rollout_matrix(trace, heads="mean") -> tuple[torch.Tensor, dict[str, int]]:
+    """The rolled-out ``[B, N, N]`` matrix of the trace and the stream offsets."""
+    mats, off = stage_matrices(trace, heads)
+    rolled = torch.eye(mats[0].shape[-1], dtype=mats[0].dtype, device=mats[0].device).expand_as(mats[0]).clone()
+    for m in mats:
         rolled = torch.bmm(m, rolled)
     return rolled, off
 
