@@ -221,6 +221,13 @@ def test_llava_memory_options(llava):
     assert m.weights.dtype == torch.float16 and m.shape == {"batch": 1, "head": 2, "word": 5, "patch": 16}
     with pytest.raises(DTypeError, match="dtype"):
         attnlens.capture(model, dtype="int8")
+    with torch.no_grad(), attnlens.capture(model, memory_budget=1, dtype="float16") as spilled:  # budget/spill
+        model(**inputs)
+    assert spilled.store.spilled_count == 2
+    back = spilled.maps[1]
+    assert back.weights.dtype == torch.float16 and back.key.grid == (4, 4)
+    assert back.meta["key_positions"] == list(range(2, 18)) and back.meta["method"] == "rows"
+    spilled.close()
 
 
 def test_llava_next_base_grid():
@@ -403,6 +410,12 @@ def test_dual_encoders_labelled_self_attention(kind):
     with torch.no_grad():
         ref = eager_copy(model)(**inputs, output_attentions=True)
         plain = model(**inputs)
+        before = impls(model)
+        with pytest.raises(KeyError):
+            with attnlens.capture(model):
+                assert set(impls(model).values()) == {"eager"}
+                raise KeyError("boom")
+        assert impls(model) == before and "sdpa" in before.values()
         with attnlens.capture(model) as rec:
             out = model(**inputs)
     torch.testing.assert_close(out.logits_per_image, plain.logits_per_image, atol=1e-5, rtol=1e-5)
