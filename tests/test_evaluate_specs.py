@@ -161,3 +161,36 @@ def test_clip_similarity_raw_and_rollout(tmp_path):
         h = [[v / sum(row) for v in row] for row in h]
         joint = [[sum(h[i][k] * joint[k][j] for k in range(17)) for j in range(17)] for i in range(17)]
     torch.testing.assert_close(rollout_row(a, 0), torch.tensor(joint[0], dtype=torch.float64))
+
+
+def test_refcoco_through_evaluate(tmp_path):
+    import json
+
+    import cv2
+
+    root = tmp_path / "refcoco"
+    (root / "images").mkdir(parents=True)
+    images = [{"id": 1, "height": 40, "width": 60, "file_name": "a.jpg"}, {"id": 2, "height": 30, "width": 30,
+                                                                           "file_name": "b.jpg"}]
+    for im in images:
+        cv2.imwrite(str(root / "images" / im["file_name"]), np.zeros((im["height"], im["width"], 3), np.uint8))
+    (root / "instances.json").write_text(json.dumps({
+        "images": images, "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 40]},
+                        {"id": 11, "image_id": 1, "category_id": 18, "bbox": [30, 10, 20, 20]},
+                        {"id": 12, "image_id": 2, "category_id": 18, "bbox": [5, 5, 10, 10]}]}))
+    (root / "refs(unc).json").write_text(json.dumps([
+        {"ref_id": 0, "ann_id": 11, "image_id": 1, "split": "testA", "category_id": 18,
+         "sentences": [{"sent_id": 0, "tokens": ["dog", "on", "the", "right"]}]},
+        {"ref_id": 2, "ann_id": 12, "image_id": 2, "split": "testA", "category_id": 18,
+         "sentences": [{"sent_id": 3, "raw": "small dog"}]}]))
+    items = attnlens.evaluate.load_data(root)
+    assert [it.item_id for it in items] == ["1/0", "2/0"]
+    assert items[0].targets[0].boxes.tolist() == [[30.0, 10.0, 50.0, 30.0]] and items[0].targets[0].tokens == (0, 1, 2, 3)
+    torch.manual_seed(0)
+    cfg = transformers.ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  image_size=32, patch_size=8, max_image_length=-1, vocab_size=100,
+                                  max_position_embeddings=40)
+    res = attnlens.evaluate(transformers.ViltForImageAndTextRetrieval(cfg).eval(), root, spec="vilt",
+                            out=tmp_path / "out", settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
+    assert res.metrics.query("metric == 'pointing_game' and alignment == 'raw'")["n"].iloc[0] == 2
