@@ -185,3 +185,19 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(ShapeError, match="region features"):
         item = EvalItem("x/0", ("a", "dog"), (), (8, 8), image=np.zeros((8, 8, 3), np.uint8))
         attnlens.evaluate.get_spec("lxmert").inputs(tiny_lxmert(), item)
+
+
+def test_cli_on_a_saved_model_and_coco(tmp_path):
+    """What external checks run: a saved tiny transformers model, a COCO-format folder."""
+    from attnlens.cli import main
+
+    tiny_vilt().save_pretrained(tmp_path / "vilt")
+    root = write_coco(tmp_path / "coco", n_images=3)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(tmp_path / "vilt"), "--data", str(root), "--out", str(out), "--quiet"]) == 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert "<html" in (out / "report.html").read_text().lower()
+    assert {"raw", "baseline:uniform"} <= set(metrics["alignment"]) and (metrics["task"] == "vilt").all()
+    # a region-feature model on data without features: one line, exit code 1
+    tiny_lxmert().save_pretrained(tmp_path / "lxmert")
+    assert main(["evaluate", "--model", str(tmp_path / "lxmert"), "--data", str(root), "--out", str(out)]) == 1

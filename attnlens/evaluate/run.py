@@ -137,12 +137,26 @@ def evaluate(model: torch.nn.Module, data, *, spec, explainers: Sequence[str] = 
     Returns:
         :class:`EvaluateResult` (summary table, per-example rows, one record per explainer).
 
-    Example (a tiny ViLT from a config, random weights; a real one changes the first line to
-    ``ViltForImageAndTextRetrieval.from_pretrained(...)`` and passes ``spec=ViltSpec(processor=...)``)::
+    Example (your own module, :class:`~attnlens.evaluate.ModuleSpec`; a transformers model passes
+    ``spec="vilt"``, ``"lxmert"``, ...; with a checkpoint only the model line changes)::
 
-        model = ViltForImageAndTextRetrieval(ViltConfig(hidden_size=32, num_hidden_layers=2, ...))
-        res = attnlens.evaluate(model, "data/flickr30k_entities", spec="vilt", out="runs/vilt")
-        print(res.report_html)
+    >>> import tempfile, numpy as np
+    >>> from attnlens.types import GroundedCaption, Phrase
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.emb, self.att = torch.nn.Embedding(64, 8), torch.nn.MultiheadAttention(8, 1, batch_first=True)
+    ...     def forward(self, features, tokens):
+    ...         return self.att(self.emb(tokens), features, features)[0].sum((1, 2))
+    >>> boxes = np.array([[0, 0, 10, 10], [10, 0, 20, 10.]])
+    >>> caps = [GroundedCaption(f"i{k}", ("a", "dog"), (Phrase("1", ("animals",), 1, ("dog",), boxes[k][None]),), (10, 20))
+    ...         for k in range(2)]
+    >>> from attnlens.evaluate import ModuleSpec, as_items
+    >>> items = as_items(caps, features={f"i{k}": (boxes, np.eye(2, 8)) for k in range(2)})
+    >>> res = evaluate(Net(), items, spec=ModuleSpec(vocab_size=64), out=tempfile.mkdtemp(), n_boot=50,
+    ...                settings={"steps": 2, "n_subsets": 2, "agreement": False})
+    >>> res.report_html.is_file(), sorted(set(res.metrics["alignment"]))[-1]
+    (True, 'raw')
     """
     from ..report import ReportInput, write_report
     from ..study.analysis import combine_units, summarize
