@@ -194,3 +194,37 @@ def test_refcoco_through_evaluate(tmp_path):
     res = attnlens.evaluate(transformers.ViltForImageAndTextRetrieval(cfg).eval(), root, spec="vilt",
                             out=tmp_path / "out", settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
     assert res.metrics.query("metric == 'pointing_game' and alignment == 'raw'")["n"].iloc[0] == 2
+
+
+def test_shipped_matching_checkpoint_is_the_built_in_task(tmp_path):
+    """One path: on the built-in scenes, evaluate's maps, outputs and removal scores of a shipped
+    SCAN checkpoint are those of the study's matching task."""
+    from pathlib import Path
+
+    from attnlens.data.scenes import load_split
+    from attnlens.evaluate.specs.matching import MatchingSpec
+    from attnlens.tasks import get_task
+
+    ckpt = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "matching-general-seed0"
+    task = get_task("matching")
+    model = task.load(ckpt)
+    builtin = task.analysis_examples(model, n=2, split="test")
+    items = {it.item_id: i for i, it in enumerate(attnlens.evaluate.as_items(load_split("test", 2)))}
+    spec_task = SpecTask(MatchingSpec(), attnlens.evaluate.as_items(load_split("test", 2)), "raw", model=model)
+    keep = torch.rand(4, len(builtin[0].regions), generator=torch.Generator().manual_seed(0)) > 0.5
+    for b in builtin:
+        e = spec_task.example(model, items[b.example_id])
+        torch.testing.assert_close(e.attention.weights, b.attention.weights, atol=1e-6, rtol=1e-5)
+        assert e.output == pytest.approx(b.output, abs=1e-7)
+        zero = torch.zeros(4, dtype=torch.long)
+        for removal in ("mask", "zero", "mean"):
+            torch.testing.assert_close(spec_task.scorer(model, [e], removal=removal)(keep, zero),
+                                       task.scorer(model, [b], removal=removal)(keep, zero))
+    data = attnlens.evaluate.as_items(load_split("test", 1))
+    res = attnlens.evaluate(model, data, spec="matching", explainers=("raw", "gradient_weighted"), out=tmp_path / "o",
+                            settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
+    assert res.metrics.query("metric == 'pointing_game' and alignment == 'raw'")["n"].iloc[0] > 0
+    from attnlens.evaluate.cli_load import load_model
+
+    loaded, spec = load_model(str(ckpt))  # what attnlens evaluate --model assets/checkpoints/matching-... loads
+    assert spec.name == "matching" and type(loaded).__name__ == "MatchingModel"

@@ -1,5 +1,6 @@
 """What ``attnlens evaluate --model X`` loads: a saved transformers model, a SCAN checkpoint, or Python code.
 
+* an attnlens matching run folder (``config.json`` with ``"task": "matching"``): spec ``matching``;
 * a folder with ``config.json`` (``save_pretrained``): the class named in ``architectures`` is
   loaded with ``from_pretrained`` (safetensors weights preferred); the spec follows the
   ``model_type`` (``vilt``, ``lxmert``, ``visual_bert``), with the folder's tokenizer / processor
@@ -59,9 +60,13 @@ def load_model(ref: str, spec: str | None = None, vocab: str | None = None):
 
     p = Path(ref)
     if p.is_dir() and (p / "config.json").is_file():
+        cfg = json.loads((p / "config.json").read_text())
+        if cfg.get("task") == "matching":  # an attnlens run folder (attnlens train, assets/checkpoints)
+            from ..tasks import get_task
+
+            return get_task("matching").load(p), get_spec(spec or "matching")
         import transformers
 
-        cfg = json.loads((p / "config.json").read_text())
         arch = (cfg.get("architectures") or [None])[0]
         cls = getattr(transformers, str(arch), None) if arch else None
         if cls is None:

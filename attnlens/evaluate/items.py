@@ -40,8 +40,9 @@ class EvalItem:
         targets: ``attnlens.tasks.base.GroundingTarget`` s (token spans with boxes).
         image_size: ``(H, W)`` of the original image.
         image: ``[H, W, 3]`` uint8 RGB or ``None`` (no image file).
-        boxes: ``[R, 4]`` region boxes of a region-feature model, or ``None``.
-        features: ``[R, D]`` region features, or ``None``.
+        boxes: ``[R, 4]`` region boxes (of the features, or proposals / object boxes of a model
+            that pools its own features from the pixels), or ``None``.
+        features: ``[R, D]`` region features (with ``boxes``), or ``None``.
         meta: extras (question, answer, file name, ...).
     """
 
@@ -59,12 +60,12 @@ class EvalItem:
             raise ShapeError(f"item {self.item_id}: no tokens")
         if self.image is not None and (self.image.ndim != 3 or self.image.shape[2] != 3):
             raise ShapeError(f"item {self.item_id}: image must be [H, W, 3] uint8 RGB, got {self.image.shape}")
-        if (self.boxes is None) != (self.features is None):
-            raise ShapeError(f"item {self.item_id}: region boxes and features come together")
-        if self.boxes is not None and (self.boxes.ndim != 2 or self.boxes.shape[1] != 4
-                                       or self.features.ndim != 2 or len(self.features) != len(self.boxes)):
+        if self.features is not None and self.boxes is None:
+            raise ShapeError(f"item {self.item_id}: region features need their boxes")
+        if self.boxes is not None and (self.boxes.ndim != 2 or self.boxes.shape[1] != 4 or (
+                self.features is not None and (self.features.ndim != 2 or len(self.features) != len(self.boxes)))):
             raise ShapeError(f"item {self.item_id}: boxes must be [R, 4] and features [R, D], got "
-                             f"{self.boxes.shape} and {self.features.shape}")
+                             f"{self.boxes.shape} and {getattr(self.features, 'shape', None)}")
 
     @property
     def regions(self) -> Regions | None:
@@ -105,14 +106,15 @@ def _features_for(features, image_id: str):
     return np.asarray(b, dtype=np.float64), np.asarray(f, dtype=np.float32)
 
 
-def _caption_item(caption: GroundedCaption, k: int, image, size, features, meta=None) -> EvalItem:
+def _caption_item(caption: GroundedCaption, k: int, image, size, features, meta=None, boxes=None) -> EvalItem:
     from ..tasks.common import caption_targets
 
     if size is None:
         if image is None:
             raise ShapeError(f"caption of image {caption.image_id}: no image size and no image")
         size = image.shape[:2]
-    boxes, feats = _features_for(features, caption.image_id)
+    fboxes, feats = _features_for(features, caption.image_id)
+    boxes = fboxes if fboxes is not None else (None if boxes is None else np.asarray(boxes, dtype=np.float64))
     return EvalItem(f"{caption.image_id}/{k}", tuple(caption.tokens), caption_targets(caption), tuple(size), image,
                     boxes, feats, dict(meta or {}))
 
@@ -123,7 +125,9 @@ def as_items(data, *, images_dir=None, features=None, groundings: Mapping[str, G
 
     Args:
         data: a list of ``GroundedCaption`` / ``CocoCaption`` / ``ReferringExpression`` /
-            ``GroundedAnswer`` / ``EvalItem``, or a ``PrecomputedSplit``.
+            ``GroundedAnswer`` / built-in ``SceneSample`` / ``EvalItem``, or a ``PrecomputedSplit``.
+            COCO and RefCOCO items keep the image's object boxes, scenes their region proposals
+            (``boxes`` without features: for models that pool features from the pixels).
         images_dir: folder of ``<image_id>.jpg`` for ``GroundedCaption`` s (Flickr30K's
             ``flickr30k-images``); the other types carry their image paths.
         features: region features (module docstring) for datasets without them.
@@ -149,33 +153,46 @@ def as_items(data, *, images_dir=None, features=None, groundings: Mapping[str, G
         if isinstance(d, EvalItem):
             out.append(d)
             continue
-        caption, path, size, meta = _unpack(d, images_dir)
+        if _is_scene(d):  # a built-in scene: every caption, with the scene's image and region proposals
+            for k, caption in enumerate(d.captions):
+                if limit is None or len(out) < limit:
+                    out.append(_caption_item(caption, k, np.asarray(d.image), d.image.shape[:2], features,
+                                             {"scene": d.image_id}, d.regions.boxes))
+            continue
+        caption, path, size, meta, boxes = _unpack(d, images_dir)
         if path is not None and str(path) not in cache:
             cache.clear()  # consecutive captions of one image share it
             cache[str(path)] = read_image(path) if Path(path).is_file() else None
         image = cache.get(str(path)) if path is not None else None
         k = seen.get(caption.image_id, 0)
         seen[caption.image_id] = k + 1
-        out.append(_caption_item(caption, k, image, size, features, meta))
+        out.append(_caption_item(caption, k, image, size, features, meta, boxes))
     return out
 
 
+def _is_scene(d) -> bool:
+    from ..data.scenes import SceneSample
+
+    return isinstance(d, SceneSample)
+
+
 def _unpack(d, images_dir):
-    """``(caption, image path or None, image size or None, meta)`` of one loader record."""
+    """``(caption, image path or None, image size or None, meta, object boxes or None)`` of one record."""
     from ..data.coco import CocoCaption
     from ..data.refcoco import ReferringExpression
     from ..data.vqa_grounding import GroundedAnswer
 
     if isinstance(d, GroundedCaption):
         path = None if images_dir is None else Path(images_dir) / f"{d.image_id}.jpg"
-        return d, path, d.image_size, {}
+        return d, path, d.image_size, {}, None
     if isinstance(d, CocoCaption):
-        return d.caption, d.image_path, d.image_size, {"caption_id": d.caption_id, "file_name": d.file_name}
+        return (d.caption, d.image_path, d.image_size, {"caption_id": d.caption_id, "file_name": d.file_name},
+                d.regions.boxes if len(d.regions) else None)
     if isinstance(d, ReferringExpression):
-        return d.caption, d.image_path, d.caption.image_size or d.regions.image_size, {"ref_id": d.ref_id,
-                                                                                         "sent_id": d.sent_id}
+        return (d.caption, d.image_path, d.caption.image_size or d.regions.image_size,
+                {"ref_id": d.ref_id, "sent_id": d.sent_id}, d.regions.boxes if len(d.regions) else None)
     if isinstance(d, GroundedAnswer):
-        return d.question, d.image_path, d.image_size, {"answer": d.answer}
+        return d.question, d.image_path, d.image_size, {"answer": d.answer}, None
     raise ShapeError(f"as_items: cannot read a {type(d).__name__} (expected GroundedCaption, CocoCaption, "
                      "ReferringExpression, GroundedAnswer, EvalItem or a PrecomputedSplit)")
 

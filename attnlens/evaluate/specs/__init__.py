@@ -2,6 +2,7 @@
 
 * ``scan`` -- :class:`~.scan.ScanSpec`: SCAN on SCAN-layout precomputed features (public checkpoint
   layout through :func:`~.scan.load_scan`);
+* ``matching`` -- :class:`~.matching.MatchingSpec`: attnlens' own SCAN / RCAR checkpoints on pixels + region boxes;
 * ``lxmert``, ``visualbert`` -- :mod:`.regions`: transformers models on region features with boxes;
 * ``vilt``, ``blip`` -- :mod:`.pixels`: ViLT / BLIP image-text matching on pixels;
 * ``llava`` -- :class:`~.llava.LlavaSpec`: a LLaVA-style model answering a question / describing an image;
@@ -59,4 +60,5 @@ register("vilt", _lazy(".pixels", "ViltSpec"))
 register("blip", _lazy(".pixels", "BlipSpec"))
 register("llava", _lazy(".llava", "LlavaSpec"))
 register("clip", _lazy(".clip", "ClipSpec"))
+register("matching", _lazy(".matching", "MatchingSpec"))
 register("module", _lazy("..spec", "ModuleSpec"))
