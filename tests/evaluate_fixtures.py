@@ -19,7 +19,8 @@ FEAT_DIM = 16
 
 def _box(rng, W, H):
     x1, y1 = rng.integers(1, W // 2), rng.integers(1, H // 2)  # VOC boxes are 1-based
-    return [int(x1), int(y1), int(min(W - 2, x1 + rng.integers(8, W // 2))), int(min(H - 2, y1 + rng.integers(8, H // 2)))]
+    x2, y2 = min(W - 2, x1 + rng.integers(8, W // 2)), min(H - 2, y1 + rng.integers(8, H // 2))
+    return [int(x1), int(y1), int(x2), int(y2)]
 
 
 def grid_boxes(size, grid=(4, 4)) -> np.ndarray:

@@ -72,8 +72,8 @@ def test_visualbert_on_region_features(tmp_path):
     transformers = pytest.importorskip("transformers")
     root = write_flickr30k(tmp_path / "f30k", n_images=2)
     torch.manual_seed(0)
-    cfg = transformers.VisualBertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=2,
-                                        visual_embedding_dim=FEAT_DIM, vocab_size=100)
+    cfg = transformers.VisualBertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                        num_hidden_layers=2, visual_embedding_dim=FEAT_DIM, vocab_size=100)
     model = transformers.VisualBertForPreTraining(cfg).eval()
     res = attnlens.evaluate(model, root, spec="visualbert", explainers=("raw", "raw:layer=0,heads=max"),
                             out=tmp_path / "out", **FAST)

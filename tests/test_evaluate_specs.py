@@ -96,7 +96,8 @@ def tiny_llava():
                 vocab_size=100, max_position_embeddings=256)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
                   patch_size=8)
-    cfg = T.LlavaConfig(vision_config=T.CLIPVisionConfig(**vision), text_config=T.LlamaConfig(**text), image_token_id=99)
+    cfg = T.LlavaConfig(vision_config=T.CLIPVisionConfig(**vision), text_config=T.LlamaConfig(**text),
+                        image_token_id=99)
     return T.LlavaForConditionalGeneration(cfg).eval()
 
 
@@ -186,7 +187,8 @@ def test_refcoco_through_evaluate(tmp_path):
          "sentences": [{"sent_id": 3, "raw": "small dog"}]}]))
     items = attnlens.evaluate.load_data(root)
     assert [it.item_id for it in items] == ["1/0", "2/0"]
-    assert items[0].targets[0].boxes.tolist() == [[30.0, 10.0, 50.0, 30.0]] and items[0].targets[0].tokens == (0, 1, 2, 3)
+    assert items[0].targets[0].boxes.tolist() == [[30.0, 10.0, 50.0, 30.0]]
+    assert items[0].targets[0].tokens == (0, 1, 2, 3)
     torch.manual_seed(0)
     cfg = transformers.ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                   image_size=32, patch_size=8, max_image_length=-1, vocab_size=100,

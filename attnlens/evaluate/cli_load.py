@@ -21,7 +21,8 @@ from ..errors import CheckpointError, UnknownNameError
 
 __all__ = ["load_model", "SPEC_OF_MODEL_TYPE"]
 
-SPEC_OF_MODEL_TYPE = {"vilt": "vilt", "lxmert": "lxmert", "visual_bert": "visualbert", "blip": "blip", "llava": "llava", "clip": "clip", "siglip": "clip"}
+SPEC_OF_MODEL_TYPE = {"vilt": "vilt", "lxmert": "lxmert", "visual_bert": "visualbert", "blip": "blip", "llava": "llava",
+                      "clip": "clip", "siglip": "clip"}
 
 
 def _call(ref: str):
@@ -74,7 +75,8 @@ def load_model(ref: str, spec: str | None = None, vocab: str | None = None):
         model = cls.from_pretrained(str(p)).eval()
         name = spec or SPEC_OF_MODEL_TYPE.get(cfg.get("model_type", ""))
         if name is None:
-            raise UnknownNameError(f"spec for model_type {cfg.get('model_type')!r} (pass --spec)", str(cfg.get("model_type")),
+            raise UnknownNameError(f"spec for model_type {cfg.get('model_type')!r} (pass --spec)",
+                                   str(cfg.get("model_type")),
                                    SPEC_OF_MODEL_TYPE)
         tok = _tokenizer(p)
         if tok is None:

@@ -27,12 +27,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
 
-from ..errors import ShapeError, UnknownNameError
+from ..errors import ShapeError
 from ..io import save_dataframe, write_json
 
 __all__ = ["evaluate", "EvaluateResult", "DEFAULT_SETTINGS"]
@@ -60,7 +60,8 @@ class EvaluateResult:
         return self.out / "metrics.csv"
 
     def __repr__(self) -> str:
-        return f"EvaluateResult(out={str(self.out)!r}, explainers={len(self.records)}, metrics rows={len(self.metrics)})"
+        return (f"EvaluateResult(out={str(self.out)!r}, explainers={len(self.records)}, "
+                f"metrics rows={len(self.metrics)})")
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ def _spec(spec):
     if isinstance(spec, str):
         return get_spec(spec)
     if spec is None:
-        raise ShapeError("evaluate needs spec= (a ModelSpec or a registered name, see attnlens.evaluate.available_specs())")
+        raise ShapeError("evaluate needs spec= (a ModelSpec or a registered name, see "
+                         "attnlens.evaluate.available_specs())")
     return spec
 
 
@@ -149,8 +151,8 @@ def evaluate(model: torch.nn.Module, data, *, spec, explainers: Sequence[str] = 
     ...     def forward(self, features, tokens):
     ...         return self.att(self.emb(tokens), features, features)[0].sum((1, 2))
     >>> boxes = np.array([[0, 0, 10, 10], [10, 0, 20, 10.]])
-    >>> caps = [GroundedCaption(f"i{k}", ("a", "dog"), (Phrase("1", ("animals",), 1, ("dog",), boxes[k][None]),), (10, 20))
-    ...         for k in range(2)]
+    >>> caps = [GroundedCaption(f"i{k}", ("a", "dog"), (Phrase("1", ("animals",), 1, ("dog",), boxes[k][None]),),
+    ...                         (10, 20)) for k in range(2)]
     >>> from attnlens.evaluate import ModuleSpec, as_items
     >>> items = as_items(caps, features={f"i{k}": (boxes, np.eye(2, 8)) for k in range(2)})
     >>> res = evaluate(Net(), items, spec=ModuleSpec(vocab_size=64), out=tempfile.mkdtemp(), n_boot=50,
@@ -211,7 +213,8 @@ def evaluate(model: torch.nn.Module, data, *, spec, explainers: Sequence[str] = 
                        for e in explainers}}
     figs, explorers, notes = study_figures(out, long, curves, examples, {name: list(explainers)}, n_gallery=gallery)
     run = {"spec": spec.name, "model": type(model).__qualname__, "explainers": list(explainers), "n_items": len(items),
-           "settings": sett.__dict__, "engine": engine, "shard_size": shard_size, "wall_seconds": round(time.time() - t0, 2),
+           "settings": sett.__dict__, "engine": engine, "shard_size": shard_size,
+           "wall_seconds": round(time.time() - t0, 2),
            "units": [{k: r.get(k) for k in ("explainer", "n_examples", "n_shards", "reused_shards", "already_done")}
                      for r in records]}
     write_json(out / "evaluate.json", run)

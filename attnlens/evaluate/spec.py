@@ -24,7 +24,7 @@ Subclass :class:`ModelSpec` and override what differs; the ready specs live in
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -262,4 +262,5 @@ class ModuleSpec(ModelSpec):
             raise ShapeError(f"capture found no attention map in {type(model).__name__} at sites {self.sites!r}")
         m = maps[layer]
         w = to_bhqk(m.weights.detach().float(), m.dims, m.site)[0]
-        return {"mean": w.mean(0), "max": w.max(0).values, "min": w.min(0).values}[options.get("heads", self.head_fusion)]
+        fused = {"mean": w.mean(0), "max": w.max(0).values, "min": w.min(0).values}
+        return fused[options.get("heads", self.head_fusion)]

@@ -61,7 +61,8 @@ class SpecTask:
             self.region_forward_undefined = f"undefined: spec {spec.name!r} has no feature_forward"
 
     def __repr__(self) -> str:
-        return f"SpecTask({self.name!r}, spec={self.spec.name!r}, explainer={self.explainer!r}, items={len(self.items)})"
+        return (f"SpecTask({self.name!r}, spec={self.spec.name!r}, explainer={self.explainer!r}, "
+                f"items={len(self.items)})")
 
     # -- what the study's machinery calls
     def load(self, checkpoint_dir: Path, device: str = "cpu"):
@@ -91,13 +92,14 @@ class SpecTask:
         with torch.enable_grad():
             raw = spec.attention(model, item, inputs, self.method, **self.options)
         if raw.ndim != 2 or raw.shape[-1] != len(regions):
-            raise ShapeError(f"spec {spec.name!r}, explainer {self.explainer!r}, item {item.item_id}: the map has shape "
-                             f"{tuple(raw.shape)} but the image side has {len(regions)} regions/patches")
+            raise ShapeError(f"spec {spec.name!r}, explainer {self.explainer!r}, item {item.item_id}: the map "
+                             f"has shape {tuple(raw.shape)} but the image side has {len(regions)} regions/patches")
         weights = word_rows(raw, spec.word_positions(model, item, inputs))
         output = float(spec.score(model, inputs, item)[0])
         amap = word_region_map(weights, tokens=item.tokens, regions=regions, site=f"{spec.name}:{self.explainer}",
                                meta={"explainer": self.explainer, "spec": spec.name})
-        return AnalysisExample(example_id=item.item_id, image=item.image if item.image is not None else _blank(item.image_size),
+        image = item.image if item.image is not None else _blank(item.image_size)
+        return AnalysisExample(example_id=item.item_id, image=image,
                                regions=regions, tokens=tuple(item.tokens), attention=amap, targets=tuple(item.targets),
                                region_valid=np.asarray(spec.region_valid(model, item, inputs), dtype=bool),
                                output=output, meta={"item": i, "explainer": self.explainer, "spec": spec.name,

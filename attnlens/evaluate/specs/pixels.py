@@ -170,7 +170,7 @@ class ViltSpec(PatchSpec):
         self.check_explainer(method)
         maps = self._maps(model, inputs)
         m = maps[int(options.get("layer", -1))]
-        return _fuse(m.weights.detach().float()[0], options.get("heads", "mean"))  # [head, word, patch] -> [word, patch]
+        return _fuse(m.weights.detach().float()[0], options.get("heads", "mean"))  # [head, word, patch]
 
     def target(self, output) -> torch.Tensor:
         return output.logits[:, 0].float()

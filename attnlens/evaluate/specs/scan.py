@@ -48,7 +48,8 @@ class PrecomputedScan(nn.Module):
                  text_encoder: nn.Module | None = None, vocab=None, sim: nn.Module | None = None, **scan_options):
         super().__init__()
         self.image_encoder = image_encoder if image_encoder is not None else PrecompImageEncoder(img_dim, embed_size)
-        self.text_encoder = text_encoder if text_encoder is not None else GRUTextEncoder(vocab_size, word_dim, embed_size)
+        self.text_encoder = (text_encoder if text_encoder is not None
+                             else GRUTextEncoder(vocab_size, word_dim, embed_size))
         self.sim = sim if sim is not None else ScanSimilarity(direction, alignment=alignment,
                                                               dim=self.image_encoder.embed_size, **scan_options)
         self.vocab = vocab
