@@ -2,7 +2,7 @@
 
 Layers (one direction of flow)::
 
-    data -> models (alignment inside attention) -> capture -> metrics -> render / report
+    data -> models (alignment inside attention) -> capture -> explain -> metrics -> render / report
 
 Subpackages are imported lazily, so ``import attnlens`` stays fast.
 """
@@ -15,7 +15,7 @@ from .types import AttentionMap, GroundedCaption, Phrase, Regions, Side
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "models", "capture", "metrics", "render", "report", "study", "train", "tasks", "testing", "cli"}
+_LAZY = {"data", "models", "capture", "explain", "metrics", "render", "report", "study", "train", "tasks", "testing", "cli", "evaluate"}
 
 
 def __getattr__(name):

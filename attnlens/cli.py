@@ -1,4 +1,4 @@
-"""The ``attnlens`` command line: ``study``, ``train``, ``capture``, ``render``, ``report``.
+"""The ``attnlens`` command line: ``study``, ``train``, ``capture``, ``evaluate``, ``render``, ``report``.
 
 Exit codes: 0 success, 1 user error (bad name, missing file, bad data: one line on stderr, the
 traceback only with ``--debug``), 2 usage error (unknown option, missing argument), 130 interrupted.
@@ -59,8 +59,11 @@ def cli(debug: bool) -> None:
 @click.option("--shard-size", type=click.IntRange(min=1), default=None,
               help="Compute each unit's examples and metric rows in shards of this many examples, saved as "
                    "they finish (same numbers; an interrupted unit resumes from its last shard).")
+@click.option("--explainers", multiple=True,
+              help="Explanation methods (attnlens.explain) scored next to the attention, comma-separated or "
+                   "repeated, e.g. raw,rollout,gradient_weighted; rows labelled <alignment>+<method>.")
 def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints, no_resume, quiet, engine,
-          address, shard_size):
+          address, shard_size, explainers):
     """Compare alignment functions end to end and write report.html, report.md and metrics.csv."""
     from .study import run_study
 
@@ -68,6 +71,8 @@ def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints
     kw = {} if n_examples is None else {"n_examples": n_examples}
     if shard_size is not None:
         kw["shard_size"] = shard_size
+    if _split(explainers):
+        kw["explainers"] = tuple(_split(explainers))
     res = run_study(out, preset=preset, tasks=_split(tasks), alignments=_split(alignments), seeds=seeds,
                     device=device, checkpoints=None if checkpoints.lower() == "none" else checkpoints,
                     resume=not no_resume, progress=not quiet, engine=engine, address=address, **kw)
@@ -159,6 +164,46 @@ def capture(task, checkpoint, split, n_examples, out, preset, device, metrics, e
         click.echo(f"{what} already complete in {out} (nothing recomputed)")
     else:
         click.echo(f"{what} saved to {out} ({rec['n_shards']} shard(s), {rec['reused_shards']} reused)")
+
+
+@cli.command()
+@click.option("--model", "model_ref", required=True,
+              help="A saved transformers model folder (config.json), a SCAN checkpoint file, or module:function "
+                   "returning a model or (model, spec).")
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Dataset folder: Flickr30K Entities, COCO, SCAN layout, RefCOCO or VQA grounding.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output directory (report.html, report.md, metrics.csv, figures, explorer).")
+@click.option("--spec", default=None, help="Model spec (attnlens.evaluate.available_specs()) [default: from the model].")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Dataset format (auto-detected).")
+@click.option("--split", default=None, help="Split file / SCAN-layout split.")
+@click.option("--vocab", default=None, help="SCAN vocabulary JSON (with a SCAN checkpoint).")
+@click.option("--explainers", multiple=True, help="Explainers, comma-separated or repeated; options after a colon "
+              "(raw:layer=0) [default: raw].")
+@click.option("--n-examples", "--n", "n_examples", type=click.IntRange(min=2), default=None, help="First N items.")
+@click.option("--removal", type=click.Choice(["mask", "zero", "mean"]), default="mask", show_default=True)
+@click.option("--engine", type=click.Choice(["local", "process", "ray"]), default="local", show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Examples per shard; finished shards are kept, so a rerun after an interruption resumes.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(model_ref, data, out, spec, fmt, split, vocab, explainers, n_examples, removal, engine, shard_size,
+             workers, address, quiet):
+    """Score a model on a grounded dataset and write the study's report (report.html, metrics.csv)."""
+    from .evaluate import evaluate as run_evaluate, load_data
+    from .evaluate.cli_load import load_model
+
+    model, model_spec = load_model(model_ref, spec, vocab)
+    if model_spec is None:
+        raise click.BadParameter("the model comes without a spec: pass --spec", param_hint="--spec")
+    items = load_data(data, fmt, split=split, limit=n_examples)
+    res = run_evaluate(model, items, spec=model_spec, explainers=tuple(_split(explainers) or ("raw",)), out=out,
+                       settings={"removal": removal}, shard_size=shard_size, engine=engine, workers=workers,
+                       address=address, progress=not quiet)
+    click.echo(f"{len(items)} item(s), explainers: {', '.join(r['explainer'] for r in res.records)}")
+    click.echo(f"report: {res.report_html}")
+    click.echo(f"metrics: {res.metrics_csv}")
 
 
 @cli.command()

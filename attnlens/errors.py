@@ -66,6 +66,10 @@ class CaptureError(AttnlensError, RuntimeError):
     """Capture sites that match nothing or never produced attention."""
 
 
+class ExplainError(AttnlensError, ValueError):
+    """An explanation that cannot be computed as asked (no target, no site for the method ...)."""
+
+
 class MissingDependencyError(AttnlensError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 

@@ -29,7 +29,7 @@ def test_quickstart():
 
 
 @pytest.mark.parametrize("name", ["02_compare_alignments.ipynb", "03_your_own_model.ipynb", "04_rcar_regulators.ipynb",
-                                  "06_capture_any_model.ipynb"])
+                                  "05_evaluate_your_model.ipynb", "06_capture_any_model.ipynb"])
 def test_other_notebooks(name):
     nb = run_notebook(name, timeout=600)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]

@@ -333,11 +333,16 @@ def unit_metrics(examples, scorer, cfg, *, model=None, task=None, baselines: boo
 
 def combine_units(longs: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate unit rows; baseline rows (identical across units of a task) become their own
-    ``alignment`` (``baseline:uniform`` ...) and are kept once per task, example and target."""
+    ``alignment`` (``baseline:uniform`` ...) and are kept once per task, example and target;
+    explainer rows (``method = "explainer:<m>"``, :mod:`attnlens.study.explainers`) become
+    ``<alignment>+<m>``, ranked with the alignment functions on the same examples."""
     if not longs:
         return pd.DataFrame(columns=["task", "alignment", "seed", "example_id", "metric", "value"])
     long = pd.concat(longs, ignore_index=True)
     if "method" in long.columns:
+        expl = long["method"].astype(str).str.startswith("explainer:")
+        long.loc[expl, "alignment"] = (long.loc[expl, "alignment"].astype(str) + "+"
+                                       + long.loc[expl, "method"].astype(str).str.slice(len("explainer:")))
         base = long["method"].astype(str).str.startswith("baseline:")
         long.loc[base, "alignment"] = long.loc[base, "method"]
         long.loc[base, "seed"] = 0

@@ -45,6 +45,11 @@ class StudyConfig:
         steps: steps of the deletion/insertion curves.
         n_subsets: random subsets of the faithfulness correlation.
         task_overrides: per task, config entries that replace the task's preset defaults.
+        explainers: explanation methods of :mod:`attnlens.explain` scored like the attention, on
+            the same examples and the same output (:mod:`attnlens.study.explainers`); their rows are
+            labelled ``<alignment>+<method>`` in the tables. ``raw`` is the task's own attention
+            (already scored). Needs ``shard_size=None`` (asking for both is an error; a preset's
+            explainers are switched off in a sharded study).
         shard_size: when set, a unit computes its examples and metric rows in shards of this many
             examples, each saved as it finishes, so an interrupted unit resumes from its finished
             shards (:mod:`attnlens.study.dataset`); the results are the same bit for bit.
@@ -66,6 +71,7 @@ class StudyConfig:
     n_subsets: int = 50
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     shard_size: int | None = None
+    explainers: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,7 +80,8 @@ class StudyConfig:
 PRESETS: dict[str, StudyConfig] = {
     "quick": StudyConfig(preset="quick", alignments=("dot", "general", "additive"), n_examples=12, n_boot=1000,
                          gallery=2, steps=5, n_subsets=10),
-    "demo": StudyConfig(preset="demo", n_examples=24, n_boot=10_000, gallery=3, steps=10, n_subsets=20),
+    "demo": StudyConfig(preset="demo", n_examples=24, n_boot=10_000, gallery=3, steps=10, n_subsets=20,
+                        explainers=("raw", "rollout", "gradient_weighted")),
     "full": StudyConfig(preset="full", n_examples=500, n_boot=10_000, gallery=4, seeds=(0, 1, 2)),
 }
 
@@ -113,6 +120,20 @@ def study_config(preset: str = "demo", *, tasks: Sequence[str] | None = None,
         if m not in METHODS:
             raise UnknownNameError("attribution method (gradient_agreement)", m, METHODS)
     cfg = replace(cfg, gradient_agreement=tuple(dict.fromkeys(str(m) for m in methods)))
+    if isinstance(cfg.explainers, str):
+        cfg = replace(cfg, explainers=tuple(e for e in cfg.explainers.split(",") if e))
+    if cfg.explainers:
+        from ..explain import available as explainers_available
+
+        for m in cfg.explainers:
+            if m not in explainers_available():
+                raise UnknownNameError("explanation method (explainers)", m, explainers_available())
+        if cfg.shard_size is not None and "explainers" not in overrides:
+            cfg = replace(cfg, explainers=())  # the preset's explainers are off in a sharded study
+        elif cfg.shard_size is not None:
+            raise ShapeError(f"explainers {cfg.explainers} are scored in one pass per unit; they need shard_size=None "
+                             f"(got {cfg.shard_size})")
+        cfg = replace(cfg, explainers=tuple(dict.fromkeys(str(m) for m in cfg.explainers)))
     if cfg.n_examples < 2:
         raise ShapeError(f"n_examples must be >= 2 for paired statistics, got {cfg.n_examples}")
     return cfg

@@ -76,6 +76,15 @@ class _ExampleScorer:
     def __init__(self, task, model, examples: Sequence, removal: str):
         self.task, self.model, self.examples, self.removal = task, model, list(examples), removal
         self._scorers: dict[int, object] = {}
+        self._memo: dict[tuple, object] = {}
+
+    def memo(self, key: tuple, compute):
+        """``compute()`` once per ``key``: what does not depend on the map (leave-one-out
+        importance, attributions of the output) is shared by the maps scored on these examples
+        (the attention and each explainer's map, :mod:`attnlens.study.explainers`)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def __repr__(self) -> str:
         return f"example_scorer({getattr(self.task, 'name', self.task)!r}, {len(self.examples)} examples)"
@@ -130,9 +139,11 @@ def _row(ex, metric: str, value: float, category: str, reason: str = "") -> dict
             "category": category}
 
 
-def _gradient_rows(ex, source, methods: Sequence[str], imp: torch.Tensor, valid: torch.Tensor) -> list[dict]:
+def _gradient_rows(ex, source, methods: Sequence[str], imp: torch.Tensor, valid: torch.Tensor,
+                   memo=None) -> list[dict]:
     """Agreement rows of ``imp [1, R]`` with each method's attributions of ``source`` (a
-    ``RegionForward``, or a str: the reason every row is NaN), over the ``valid [1, R]`` regions."""
+    ``RegionForward``, or a str: the reason every row is NaN), over the ``valid [1, R]`` regions
+    (``memo(key, compute)`` shares the attributions between maps of the same example)."""
     from ..metrics.functional.agreement import attributions, rank_agreement
 
     if isinstance(source, str):
@@ -146,7 +157,10 @@ def _gradient_rows(ex, source, methods: Sequence[str], imp: torch.Tensor, valid:
     v = valid[0].numpy() & source.valid.detach().cpu().numpy().astype(bool)
     rows = []
     for m in methods:
-        attr = attributions(source.forward, x, m, n_steps=IG_STEPS)[0][0].cpu().numpy()[v]
+        def compute(_m=m):
+            return attributions(source.forward, x, _m, n_steps=IG_STEPS)[0][0].cpu().numpy()
+
+        attr = (compute() if memo is None else memo(("attribution", m), compute))[v]
         if np.isfinite(attr).all():
             vals, reason = rank_agreement(imp[0].numpy()[v], attr, k=_TOP_K), ""
         else:
@@ -155,10 +169,11 @@ def _gradient_rows(ex, source, methods: Sequence[str], imp: torch.Tensor, valid:
     return rows
 
 
-def _one_example(ex, score, cfg, baselines: bool, seed: int, region_forward=None
+def _one_example(ex, score, cfg, baselines: bool, seed: int, region_forward=None, memo=None
                  ) -> tuple[pd.DataFrame, list[dict]]:
     """Rows and per-example curve points of one example (``score`` sees index 0 only;
-    ``region_forward()`` gives its ``RegionForward`` or the reason it has none)."""
+    ``region_forward()`` gives its ``RegionForward`` or the reason it has none; ``memo(key,
+    compute)`` keeps what does not depend on the map, see :meth:`_ExampleScorer.memo`)."""
     from ..metrics import MetricSuite
     from ..metrics.functional import faithfulness as F
     from ..metrics.functional.agreement import rank_agreement
@@ -187,14 +202,14 @@ def _one_example(ex, score, cfg, baselines: bool, seed: int, region_forward=None
         if (mode, hi) in curves and (mode, lo) in curves:
             extra.append(_row(ex, name, float(curves[(mode, hi)].auc[0] - curves[(mode, lo)].auc[0]), "faithfulness"))
     if cfg.agreement:
-        loo = F.leave_one_out(score, valid)
+        loo = F.leave_one_out(score, valid) if memo is None else memo(("loo",), lambda: F.leave_one_out(score, valid))
         v = valid[0].numpy()
         for k, val in rank_agreement(imp[0].numpy()[v], loo[0].numpy()[v], k=_TOP_K).items():
             extra.append(_row(ex, f"loo_{k}", val, "agreement"))
     methods = tuple(getattr(cfg, "gradient_agreement", ()))
     if methods:
         source = _NOT_EXAMPLE_SCORER if region_forward is None else region_forward()
-        extra += _gradient_rows(ex, source, methods, imp, valid)
+        extra += _gradient_rows(ex, source, methods, imp, valid, memo)
     return pd.concat([df, pd.DataFrame(extra)], ignore_index=True), points
 
 
@@ -220,12 +235,15 @@ def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed
 
     frames, points = [], []
     forwards = getattr(scorer, "region_forward", None)
+    memo = getattr(scorer, "memo", None)
     for i, ex in enumerate(examples):
         def score(keep, index, _i=i):
             return scorer(keep, torch.as_tensor(index) + _i)
 
         df, pts = _one_example(ex, score, cfg, baselines, seed,
-                               region_forward=None if forwards is None else (lambda _i=i: forwards(_i)))
+                               region_forward=None if forwards is None else (lambda _i=i: forwards(_i)),
+                               memo=None if memo is None else
+                               (lambda key, compute, _i=i, _id=ex.example_id: memo((_i, _id, *key), compute)))
         frames.append(df)
         points += pts
     if not frames:

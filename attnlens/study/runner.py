@@ -201,6 +201,12 @@ def analyse_study(out: Path, config: StudyConfig, records: list[dict], *, starte
               "examples against the best alignment function, Holm-corrected across those comparisons per metric; effect size = "
               "matched-pairs rank-biserial correlation (alignment minus best). Baselines (uniform, centre, "
               "random maps) are scored on the same targets and are not ranked."]
+    if config.explainers:
+        notes.append("Explainers (attnlens.explain): " + ", ".join(config.explainers) + ". Rows '<alignment>+<method>' "
+                     "score the method's word x region map of the same output the faithfulness metrics use "
+                     "(matching: the pair's similarity; VQA: the predicted answer's probability), on the same "
+                     "examples, ranked and tested against the best like the alignment functions; 'raw' is the "
+                     "attention itself. Tasks without region_forward (generation) have no explainer rows.")
     inp = ReportInput(title=f"attnlens study ({config.preset})", figures=figs, equivalences=eq_report,
                       explorers=explorers, provenance=prov, notes=notes, summary=summary)
     write_json(out / "report_input.json", inp.to_json())

@@ -73,6 +73,8 @@ def unit_fingerprint(unit: Unit, cfg: StudyConfig) -> str:
     data = {k: getattr(cfg, k) for k in keys}
     data["task_overrides"] = cfg.task_overrides.get(unit.task, {})
     data["unit"] = [unit.task, unit.alignment, unit.seed]
+    if cfg.explainers:  # only when set, so the fingerprints of studies without explainers do not change
+        data["explainers"] = list(cfg.explainers)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -263,24 +265,54 @@ def run_unit(unit: Unit, out: str | Path, cfg: StudyConfig, *, device: str = "cp
             scorer = example_scorer(task, model, examples, removal=cfg.removal)
             long_df, curves_df = analyse(examples, scorer, cfg, model=model, task=task, baselines=baselines)
             timings["metrics"] = time.perf_counter() - t
+            if cfg.explainers:
+                t = time.perf_counter()
+                long_df, explainer_info = _explainer_rows(task, model, examples, scorer, cfg, analyse, long_df)
+                timings["explainers"] = time.perf_counter() - t
             save_dataframe(long_df.assign(**columns), staging / "long.csv")
             save_dataframe(curves_df.assign(**columns), staging / "curves.csv")
             save_examples(staging, examples)
             n_done = len(examples)
         timings["total"] = time.perf_counter() - t_all
+        if cfg.explainers and not cfg.shard_size:
+            extra_record = {"explainers": explainer_info}
+        else:
+            extra_record = {}
         record = {"task": unit.task, "alignment": unit.alignment, "seed": unit.seed, "task_metrics": perf,
                   "checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_digest(ckpt), "trained": trained,
                   "skipped_checkpoint": skipped,
                   "config": conf, "timings": timings,
                   "model_info": _model_info(model, norms), "n_examples": n_done,
                   "fingerprint": unit_fingerprint(unit, cfg),
-                  "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra_record}
         write_json(staging / DONE, record)
         publish_dir(staging, final)  # replaces a stale directory without a done-marker (or a forced rerun)
         return record
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _explainer_rows(task, model, examples, scorer, cfg: StudyConfig, analyse, long_df):
+    """``long_df`` plus the rows of each of ``cfg.explainers`` (``method = "explainer:<m>"``; see
+    :mod:`attnlens.study.explainers`) and what was done (``{method: "scored" | reason}``)."""
+    import pandas as pd
+
+    from .explainers import explained_examples, unavailable_reason
+
+    why = unavailable_reason(task)
+    info, parts = {}, [long_df]
+    for m in cfg.explainers:
+        if m == "raw":
+            info[m] = "the task's attention (rows method='attention')"
+        elif why is not None:
+            info[m] = f"not scored: {why}"
+        else:
+            ex_examples = explained_examples(task, model, examples, m)
+            rows, _ = analyse(ex_examples, scorer, cfg, model=model, task=task, baselines=False)
+            parts.append(rows.assign(method=f"explainer:{m}"))
+            info[m] = "scored"
+    return pd.concat(parts, ignore_index=True), info
 
 
 @contextmanager

@@ -1,0 +1,192 @@
+"""Attributions of the target to the image features through captum: ``integrated_gradients``,
+``input_x_gradient``, ``gradcam`` (and ``feature_ablation`` in :func:`attributions`).
+
+The image features are the ``[B, R, D]`` tensor the profile names (``features``): a model input
+(LXMERT's ``visual_feats``, VisualBERT's ``visual_embeds``) or a module's output (a matching
+model's ``image_encoder``; the module's output is replaced by the attributed tensor during
+each forward, the hook removed in ``finally``). Every other batch-first tensor input is passed
+to captum as an additional forward argument, so it is repeated along with the features (an
+input whose first axis has the batch size is taken to be batch-first).
+
+* ``integrated_gradients``: zero baseline, ``n_steps`` (captum's Gauss-Legendre rule), the
+  attributions summed over the feature dimension (signed);
+* ``input_x_gradient``: features x gradient, summed over the feature dimension;
+* ``gradcam`` (Selvaraju et al. 2017) on tokens: the feature dimension is the channel axis and
+  the regions (or patches) the spatial axis, so ``cam_r = ReLU(sum_d mean_r'(dOut/dx_{r'd}) x_{rd})``
+  (captum's ``LayerGradCam`` on the features transposed to ``[B, D, R]``).
+
+**From per-region attributions to a map**: the target is one scalar per example, so these
+methods give one importance per region, not one per word. The map has a single query row,
+dims ``("batch", "output", "region")``: the relevance of each region for the output (the row
+a word x region metric should compare with is ``[CLS]``'s, or the words' mean). No per-word
+attribution is made up.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ExplainError, ShapeError, UnknownNameError, require
+from .trace import default_target
+
+METHODS = ("input_x_gradient", "integrated_gradients", "feature_ablation", "gradcam")
+
+
+def _tuple(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def attributions(forward: Callable[..., torch.Tensor], inputs, method: str, *, aggregate: str = "sum",
+                 n_steps: int = 32, internal_batch_size: int | None = None,
+                 additional_forward_args: tuple = ()) -> tuple[torch.Tensor, ...]:
+    """Per-element attributions ``[N, E]`` for each input ``[N, E, D]`` (tuple, one per input).
+
+    ``forward(*inputs, *additional_forward_args) -> [N]``. ``gradcam`` takes one input.
+
+    >>> x = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])
+    >>> attributions(lambda f: (f * torch.tensor([1.0, 3.0])).sum((1, 2)), x, "input_x_gradient")[0].tolist()
+    [[4.0, 2.0]]
+    """
+    captum_attr = require("captum.attr", "captum")
+    xs = []
+    for x in _tuple(inputs):
+        x = torch.as_tensor(x).detach()
+        xs.append(x if x.is_floating_point() else x.float())
+    xs = tuple(xs)
+    for x in xs:
+        if x.ndim != 3:
+            raise ShapeError(f"attributions: every input must be [N, E, D], got shape {tuple(x.shape)}")
+        if len(x) != len(xs[0]):
+            raise ShapeError(f"attributions: inputs {[tuple(y.shape) for y in xs]} disagree on N")
+    if aggregate not in ("sum", "abs_sum"):
+        raise UnknownNameError("aggregate", aggregate, ("sum", "abs_sum"))
+    extra = tuple(additional_forward_args) or None
+    if method in ("input_x_gradient", "integrated_gradients"):
+        xs = tuple(x.clone().requires_grad_(True) for x in xs)
+    with torch.enable_grad():
+        if method == "input_x_gradient":
+            attr = captum_attr.InputXGradient(forward).attribute(xs, additional_forward_args=extra)
+        elif method == "integrated_gradients":
+            attr = captum_attr.IntegratedGradients(forward).attribute(
+                xs, baselines=tuple(torch.zeros_like(x) for x in xs), n_steps=n_steps,
+                internal_batch_size=internal_batch_size, additional_forward_args=extra)
+        elif method == "gradcam":
+            if len(xs) != 1:
+                raise ShapeError(f"gradcam attributes one feature tensor, got {len(xs)}")
+            probe = nn.Identity()
+
+            def transposed(xt, *args):
+                return forward(probe(xt).transpose(1, 2), *args)
+
+            xt = xs[0].transpose(1, 2).contiguous().requires_grad_(True)
+            cam = captum_attr.LayerGradCam(transposed, probe).attribute(xt, additional_forward_args=extra,
+                                                                        relu_attributions=True)
+            return (cam.detach()[:, 0].double(),)
+        elif method == "feature_ablation":
+            masks, offset = [], 0
+            for x in xs:
+                e = x.shape[1]
+                masks.append((torch.arange(e) + offset)[None, :, None].expand(1, e, x.shape[2]))
+                offset += e
+            with torch.no_grad():
+                attr = captum_attr.FeatureAblation(forward).attribute(
+                    xs, baselines=tuple(0.0 for _ in xs), feature_mask=tuple(masks), perturbations_per_eval=8,
+                    additional_forward_args=extra)
+            return tuple(a.detach()[..., 0].double() for a in _tuple(attr))
+        else:
+            raise UnknownNameError("attribution method", method, METHODS)
+    attr = _tuple(attr)
+    return tuple((a.detach().abs() if aggregate == "abs_sum" else a.detach()).sum(-1).double() for a in attr)
+
+
+@contextmanager
+def _replaced_output(module: nn.Module, holder: dict):
+    """While active, ``module``'s output is ``holder["value"]`` when set (else recorded there)."""
+    def hook(mod, args, output):
+        if holder.get("value") is None:
+            holder["seen"] = output
+            return None
+        value = holder["value"]
+        if not isinstance(output, torch.Tensor) or value.shape != output.shape:
+            raise ShapeError(f"features {tuple(value.shape)} cannot replace the output "
+                             f"{tuple(getattr(output, 'shape', ()))} of the feature module")
+        return value
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _feature_forward(ctx):
+    """``(forward(features, *batch_inputs), features [B, R, D], batch_inputs)`` for captum."""
+    if ctx.profile.features is None:
+        raise ExplainError(f"the {ctx.profile.name!r} profile names no image-feature tensor for captum attributions")
+    kind, where = ctx.profile.features(ctx.model, ctx.inputs)
+    target = ctx.target or ctx.profile.target or default_target
+    model, inputs = ctx.model, ctx.inputs
+    if kind == "input":
+        if where not in inputs or not isinstance(inputs[where], torch.Tensor):
+            raise ExplainError(f"inputs have no feature tensor {where!r} (keys: {sorted(inputs)})")
+        feats = inputs[where].detach()
+    elif kind == "layer":
+        module = model.get_submodule(where)
+        holder: dict = {}
+        with torch.no_grad(), _replaced_output(module, holder):
+            model(**inputs)
+        feats = holder.get("seen")
+        if not isinstance(feats, torch.Tensor):
+            raise ExplainError(f"module {where!r} did not output a feature tensor during model(**inputs)")
+        feats = feats.detach()
+    else:
+        raise UnknownNameError("feature kind", kind, ("input", "layer"))
+    if feats.ndim != 3:
+        raise ShapeError(f"image features {where!r} must be [B, R, D], got {tuple(feats.shape)}")
+    batch = feats.shape[0]
+    keys = [k for k, v in inputs.items() if k != where and isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch]
+    static = {k: v for k, v in inputs.items() if k != where and k not in keys}
+
+    def forward(x, *args):
+        kwargs = {**static, **dict(zip(keys, args))}
+        if kind == "input":
+            out = model(**kwargs, **{where: x})
+        else:
+            holder = {"value": x}
+            with _replaced_output(model.get_submodule(where), holder):
+                out = model(**kwargs)
+        scores = target(out)
+        return scores.reshape(-1)
+
+    return forward, feats, tuple(inputs[k] for k in keys), f"{kind}:{where}"
+
+
+def _attribute(ctx, name: str, **kw):
+    from .registry import Result
+
+    forward, feats, extra, where = _feature_forward(ctx)
+    (attr,) = attributions(forward, feats, name, additional_forward_args=extra, **kw)
+    keep = ctx.profile.feature_keep
+    meta = {"features": where, "rows": "one row: the output"}
+    if keep is not None:
+        attr = attr[:, keep]
+        meta["feature_positions"] = f"[{keep.start}:{'' if keep.stop is None else keep.stop}]"
+    return Result(attr.to(feats.dtype)[:, None, :], meta, query_dim="output", key_dim=ctx.profile.key_dim)
+
+
+def integrated_gradients(ctx, n_steps: int = 32, internal_batch_size: int | None = None):
+    """captum's integrated gradients (zero baseline) of the target to the image features, one row."""
+    return _attribute(ctx, "integrated_gradients", n_steps=n_steps, internal_batch_size=internal_batch_size)
+
+
+def input_x_gradient(ctx):
+    """captum's input x gradient of the target to the image features, one row."""
+    return _attribute(ctx, "input_x_gradient")
+
+
+def gradcam(ctx):
+    """captum's Grad-CAM over the image tokens (feature dimension = channels), one row."""
+    return _attribute(ctx, "gradcam")
