@@ -15,7 +15,7 @@ from .types import AttentionMap, GroundedCaption, Phrase, Regions, Side
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "models", "capture", "metrics", "render", "report", "study", "train", "tasks", "testing", "cli"}
+_LAZY = {"data", "models", "capture", "metrics", "render", "report", "study", "train", "tasks", "cli"}
 
 
 def __getattr__(name):
