@@ -14,25 +14,92 @@ The classes are frozen dataclasses that validate in ``__post_init__``; indexing 
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import DTypeError, NonFiniteError, ShapeError
+
+
+class NonFiniteBoxError(NonFiniteError, ShapeError):
+    """Box coordinates that are NaN or infinite (a :class:`NonFiniteError` and a :class:`ShapeError`)."""
 
 
 def _as_boxes(boxes, what: str) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
+    """Validated read-only ``[n, 4]`` float64 copy of ``boxes``: finite, ``x1 <= x2`` and ``y1 <= y2``."""
+    if isinstance(boxes, np.ndarray) and boxes.dtype == np.float64:
+        arr = boxes
+    else:
+        probe = boxes if isinstance(boxes, np.ndarray) else np.asarray(boxes)
+        if probe.dtype.kind not in "biuf":   # strings, objects (None), complex, datetimes ...
+            raise DTypeError(f"{what} must be real numbers, got dtype {probe.dtype}")
+        arr = probe.astype(np.float64)
     if arr.size == 0:
         arr = arr.reshape(0, 4)
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise ShapeError(f"{what} must be an (n, 4) xyxy array, got shape {tuple(arr.shape)}")
-    if not np.all(np.isfinite(arr)):
-        raise ShapeError(f"{what} contains NaN or infinite coordinates")
+    if len(arr) <= 2:   # the common one- or two-box case: plain floats are much faster than ufuncs here
+        for k, (x1, y1, x2, y2) in enumerate(arr.tolist()):
+            if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+                raise NonFiniteBoxError(f"{what} contains NaN or infinite coordinates (box {k}: "
+                                        f"{[x1, y1, x2, y2]})")
+            if x2 < x1 or y2 < y1:
+                raise ShapeError(f"{what}: box {k} {[x1, y1, x2, y2]} is inverted (x2 < x1 or y2 < y1)")
+    else:
+        if not np.isfinite(arr).all():
+            k = int(np.flatnonzero(~np.isfinite(arr).all(1))[0])
+            raise NonFiniteBoxError(f"{what} contains NaN or infinite coordinates (box {k}: {arr[k].tolist()})")
+        bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ShapeError(f"{what}: box {k} {arr[k].tolist()} is inverted (x2 < x1 or y2 < y1)")
     arr = arr.copy()
     arr.setflags(write=False)
     return arr
+
+
+def _image_size(size, what: str) -> tuple[int, int]:
+    """``(height, width)`` as two positive ints (integral floats accepted; fractions, bools refused)."""
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ShapeError(f"{what} must be (height, width), got {size!r}") from None
+    out = []
+    for v in (h, w):
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(v) or v != int(v) or v <= 0:
+            raise ShapeError(f"{what} must be positive integers (height, width), got {size!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+_BLANK = re.compile("(?:^|\x00)[\\s\ufeff]*(?:\x00|$)")   # an empty, white-space or byte-order-mark token
+
+
+def _tokens(tokens, what: str) -> tuple[str, ...]:
+    """Tokens as a tuple of non-blank strings (a plain string is refused: it is not a token list)."""
+    if isinstance(tokens, (str, bytes)):
+        raise DTypeError(f"{what} must be a sequence of token strings, got the string {tokens!r} "
+                         f"(split it first, e.g. with as_token_tuple)")
+    try:
+        out = tuple(tokens)
+    except TypeError:
+        raise DTypeError(f"{what} must be a sequence of token strings, got {type(tokens).__name__}") from None
+    try:
+        joined = "\x00".join(out)          # one C-level pass: fails on any non-string token
+    except TypeError:
+        k, t = next((k, t) for k, t in enumerate(out) if not isinstance(t, str))
+        raise DTypeError(f"{what}[{k}] is {type(t).__name__} {t!r}, not a string") from None
+    if out and _BLANK.search(joined):   # (a token holding NUL can match falsely: confirm one by one)
+        blank = next(((k, t) for k, t in enumerate(out) if not t.strip().strip("\ufeff")), None)
+        if blank is not None:
+            raise ShapeError(f"{what}[{blank[0]}] is a blank token {blank[1]!r}")
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,10 +124,7 @@ class Regions:
 
     def __post_init__(self):
         object.__setattr__(self, "boxes", _as_boxes(self.boxes, "Regions.boxes"))
-        h, w = (int(v) for v in self.image_size)
-        if h <= 0 or w <= 0:
-            raise ShapeError(f"Regions.image_size must be positive (height, width), got {self.image_size}")
-        object.__setattr__(self, "image_size", (h, w))
+        object.__setattr__(self, "image_size", _image_size(self.image_size, "Regions.image_size"))
         n = len(self.boxes)
         if self.labels is not None:
             labels = tuple(self.labels)
@@ -68,9 +132,14 @@ class Regions:
                 raise ShapeError(f"Regions has {n} boxes but {len(labels)} labels")
             object.__setattr__(self, "labels", labels)
         if self.scores is not None:
-            scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+            scores = np.asarray(self.scores)
+            if scores.dtype.kind not in "biuf":
+                raise DTypeError(f"Regions.scores must be real numbers, got dtype {scores.dtype}")
+            scores = scores.astype(np.float64).reshape(-1)
             if len(scores) != n:
                 raise ShapeError(f"Regions has {n} boxes but {len(scores)} scores")
+            if not np.isfinite(scores).all():
+                raise NonFiniteError(f"Regions.scores contain NaN or infinite values: {scores.tolist()[:8]}")
             scores.setflags(write=False)
             object.__setattr__(self, "scores", scores)
 
@@ -117,9 +186,13 @@ class Phrase:
 
     def __post_init__(self):
         object.__setattr__(self, "entity_id", str(self.entity_id))
-        object.__setattr__(self, "types", tuple(self.types))
-        object.__setattr__(self, "tokens", tuple(self.tokens))
-        object.__setattr__(self, "first_token", int(self.first_token))
+        object.__setattr__(self, "types", (self.types,) if isinstance(self.types, str) else tuple(self.types))
+        object.__setattr__(self, "tokens", _tokens(self.tokens, "Phrase.tokens"))
+        first = self.first_token
+        if type(first) is not int:
+            if isinstance(first, bool) or not isinstance(first, (int, np.integer)):
+                raise DTypeError(f"Phrase.first_token must be an integer, got {type(first).__name__} {first!r}")
+            object.__setattr__(self, "first_token", int(first))
         if self.first_token < 0:
             raise ShapeError(f"Phrase.first_token must be >= 0, got {self.first_token}")
         object.__setattr__(self, "boxes", _as_boxes(self.boxes, f"boxes of phrase {self.text!r}"))
@@ -158,9 +231,13 @@ class GroundedCaption:
 
     def __post_init__(self):
         object.__setattr__(self, "image_id", str(self.image_id))
-        object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "tokens", _tokens(self.tokens, f"tokens of caption of {self.image_id}"))
         object.__setattr__(self, "phrases", tuple(self.phrases))
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", _image_size(self.image_size, "GroundedCaption.image_size"))
         for p in self.phrases:
+            if not isinstance(p, Phrase):
+                raise DTypeError(f"GroundedCaption.phrases must hold Phrase objects, got {type(p).__name__}")
             end = p.first_token + len(p.tokens)
             if end > len(self.tokens) or tuple(self.tokens[p.first_token:end]) != p.tokens:
                 raise ShapeError(
@@ -192,4 +269,4 @@ def as_token_tuple(tokens: Sequence[str] | str) -> tuple[str, ...]:
 
 from .attention_map import AttentionMap, Side  # noqa: E402  (re-export)
 
-__all__ = ["Regions", "Phrase", "GroundedCaption", "AttentionMap", "Side", "as_token_tuple"]
+__all__ = ["Regions", "Phrase", "GroundedCaption", "AttentionMap", "Side", "as_token_tuple", "NonFiniteBoxError"]
