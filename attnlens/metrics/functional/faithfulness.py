@@ -183,7 +183,7 @@ def perturbation_curves(score: ScoreFn, importance, *, valid=None, modes: Sequen
         pos = element_order(imp, v, o, seed)[:, None, :]  # [N, 1, R]
         for m in modes:
             kk = (pos >= k[:, :, None]) if m == "deletion" else (pos < k[:, :, None])
-            keeps.append((kk & v[:, None, :]).reshape(-1, r))
+            keeps.append((kk & v[:, None, :]).reshape(n * len(fr), r))
             keys.append((m, o))
     keep = torch.cat(keeps)
     index = torch.arange(n, device=imp.device).repeat_interleave(len(fr)).repeat(len(keys))
@@ -252,7 +252,7 @@ def eraser(score: ScoreFn, importance, *, valid=None, fractions: Sequence[float]
     k = torch.minimum(_counts(fr, nv).clamp(min=1), nv[:, None]).to(imp.device)  # [N, K]
     pos = element_order(imp, v, "morf")[:, None, :]
     top = (pos < k[:, :, None]) & v[:, None, :]
-    keep = torch.cat([v, (v[:, None, :] & ~top).reshape(-1, r), top.reshape(-1, r)])
+    keep = torch.cat([v, (v[:, None, :] & ~top).reshape(n * len(fr), r), top.reshape(n * len(fr), r)])
     kk = len(fr)
     ar = torch.arange(n, device=imp.device)
     index = torch.cat([ar, ar.repeat_interleave(kk), ar.repeat_interleave(kk)])
@@ -287,7 +287,7 @@ def leave_one_out(score: ScoreFn, importance_shape_or_valid, *, batch_size: int 
         raise ShapeError(f"leave_one_out: valid must be [N, R], got shape {tuple(v.shape)}")
     n, r = v.shape
     eye = torch.eye(r, dtype=torch.bool, device=v.device)
-    keep = torch.cat([v, (v[:, None, :] & ~eye[None]).reshape(-1, r)])
+    keep = torch.cat([v, (v[:, None, :] & ~eye[None]).reshape(n * r, r)])
     ar = torch.arange(n, device=v.device)
     y = score_rows(score, keep, torch.cat([ar, ar.repeat_interleave(r)]), batch_size, progress, "leave-one-out")
     out = y[:n, None] - y[n:].reshape(n, r)
@@ -325,7 +325,7 @@ def faithfulness_correlation(score: ScoreFn, importance, *, valid=None, n_subset
     key = torch.where(v[:, None, :], key, torch.inf)
     rank = torch.argsort(torch.argsort(key, dim=2), dim=2)
     subset = (rank < size[:, None, None]) & v[:, None, :]  # [N, S, R]
-    keep = torch.cat([v, (v[:, None, :] & ~subset).reshape(-1, r)])
+    keep = torch.cat([v, (v[:, None, :] & ~subset).reshape(n * n_subsets, r)])
     ar = torch.arange(n, device=imp.device)
     y = score_rows(score, keep, torch.cat([ar, ar.repeat_interleave(n_subsets)]), batch_size, progress,
                    "faithfulness correlation")

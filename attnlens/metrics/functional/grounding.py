@@ -106,8 +106,9 @@ def _relevance_mass_accuracy_update(maps, masks, negative: str = "raise"):
     n = len(maps)
     a = _np_rows(maps)
     g = masks.detach().reshape(n, maps.shape[1] * maps.shape[2]).cpu().numpy()
-    inside = np.where(g, a, 0).sum(1, dtype=np.float64)
-    total = a.sum(1, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        inside = np.where(g, a, 0).sum(1, dtype=np.float64)
+        total = a.sum(1, dtype=np.float64)
     over = ~np.isfinite(total)   # finite maps whose float64 sum overflows: the ratio is scale-free,
     if over.any():               # so sum those rows divided by their maximum instead
         scaled = a[over].astype(np.float64) / a[over].max(1, keepdims=True)

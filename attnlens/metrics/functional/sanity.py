@@ -71,7 +71,7 @@ def permutation_test(score_with_attention: Callable[[torch.Tensor, torch.Tensor]
     full = att[:, None, :].expand(n, n_permutations, r)
     shuffled = torch.empty_like(full).scatter(2, vpos[:, None, :].expand(n, n_permutations, r),
                                               full.gather(2, perm))
-    rows = torch.cat([att, shuffled.reshape(-1, r)])
+    rows = torch.cat([att, shuffled.reshape(n * n_permutations, r)])
     ar = torch.arange(n, device=att.device)
     index = torch.cat([ar, ar.repeat_interleave(n_permutations)])
     y = torch.empty(len(rows), dtype=torch.float64)
