@@ -178,9 +178,7 @@ class Vocabulary:
         for k, w in enumerate(data["idx2word"]):
             if not isinstance(w, str) or not w.strip().strip("\ufeff"):
                 raise FormatError(f"element idx2word[{k}] is {w!r}, not a non-blank string", path=path)
-        vocab = cls.__new__(cls)
-        vocab._init(list(data["idx2word"]))
-        return vocab
+        return cls._from_list(list(data["idx2word"]), path)
 
     @classmethod
     def from_scan_json(cls, path) -> "Vocabulary":
@@ -210,8 +208,15 @@ class Vocabulary:
             raise FormatError(f"element idx is {data['idx']!r}, not an integer", path=path)
         if "idx" in data and int(data["idx"]) != len(pairs):
             raise FormatError(f"'idx' is {data['idx']} but word2idx has {len(pairs)} entries", path=path)
+        return cls._from_list([w for _, w in pairs], path)
+
+    @classmethod
+    def _from_list(cls, idx2word: list[str], path) -> "Vocabulary":
         vocab = cls.__new__(cls)
-        vocab._init([w for _, w in pairs])
+        try:
+            vocab._init(idx2word)
+        except FormatError as exc:   # duplicate or missing special tokens: name the file
+            raise FormatError(str(exc), path=path) from None
         return vocab
 
 
