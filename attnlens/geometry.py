@@ -116,9 +116,14 @@ def pixel_bounds(boxes, image_size):
     ceil(x2 - 0.5)``; ranges are clipped to the image. Works on numpy arrays or tensors of
     shape ``[..., 4]``.
     """
-    h, w = image_size
-    lib = torch if isinstance(boxes, torch.Tensor) else np
-    b = boxes if lib is torch else np.asarray(boxes, dtype=np.float64)
+    h, w = _size(image_size, "pixel_bounds")
+    if isinstance(boxes, torch.Tensor):
+        lib, b = torch, _box_tensor(boxes, "pixel_bounds: boxes") if boxes.dtype != torch.float64 or not \
+            bool(torch.isfinite(boxes).all()) else boxes
+    else:
+        lib, b = np, _box_tensor(boxes, "pixel_bounds: boxes").numpy()
+    if b.ndim < 1 or b.shape[-1] != 4:
+        raise ShapeError(f"pixel_bounds: boxes must be [..., 4], got shape {tuple(b.shape)}")
     c0 = lib.clip(lib.ceil(b[..., 0] - 0.5), 0, w)
     c1 = lib.clip(lib.ceil(b[..., 2] - 0.5), 0, w)
     r0 = lib.clip(lib.ceil(b[..., 1] - 0.5), 0, h)
@@ -202,6 +207,11 @@ def regions_to_pixels(weights, boxes, image_size, mode: str = "max", valid=None)
     narrow = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else None
     if narrow is not None:     # numpy/cv2 have no bfloat16: paint in float32 (exact), return the input dtype
         w = w.float()
+    big = float(w.abs().max()) if w.numel() else 0.0
+    if big > 1e300 and mode == "density":   # sums of such weights overflow: paint w / big, scale back
+        out = regions_to_pixels(w / big, b, size, mode, valid=v) * big
+        out = out.to(narrow) if narrow is not None else out
+        return out.cpu().numpy() if as_numpy else out
     if v is not None:
         total = w.sum(-1, keepdim=True)
         kept = torch.where(v, w, torch.zeros_like(w))

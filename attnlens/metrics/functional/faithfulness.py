@@ -137,7 +137,10 @@ def curve_auc(values, fractions=None) -> torch.Tensor:
         raise ShapeError(f"curve_auc: a curve needs at least 2 points, got values of shape {tuple(v.shape)}")
     x = torch.linspace(0, 1, v.shape[-1], dtype=torch.float64) if fractions is None else \
         check_real(as_tensor(fractions, "curve_auc: fractions"), "curve_auc: fractions").double()
-    if x.shape[-1] != v.shape[-1]:
+    if x.ndim != 1 and tuple(x.shape) != tuple(v.shape):
+        raise ShapeError(f"curve_auc: fractions must be [S + 1] or shaped like values {tuple(v.shape)}, got "
+                         f"{tuple(x.shape)}")
+    if x.ndim == 0 or x.shape[-1] != v.shape[-1]:
         raise ShapeError(f"curve_auc: values {tuple(v.shape)} and fractions {tuple(x.shape)} differ in length")
     if bool((x.diff(dim=-1) < 0).any()):
         raise ShapeError(f"curve_auc: fractions must be non-decreasing, got {x.tolist()}")
