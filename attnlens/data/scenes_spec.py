@@ -94,10 +94,13 @@ class QuestionAnswer:
     kind: str = ""
 
     def __post_init__(self):
-        object.__setattr__(self, "tokens", tuple(self.tokens))
-        object.__setattr__(self, "object_ids", tuple(int(i) for i in self.object_ids))
+        if type(self.tokens) is not tuple:
+            object.__setattr__(self, "tokens", tuple(self.tokens))
+        ids = self.object_ids
+        if type(ids) is not tuple or not all(type(i) is int for i in ids):
+            object.__setattr__(self, "object_ids", tuple(int(i) for i in ids))
         boxes = np.array(self.boxes, dtype=np.float64).reshape(-1, 4) if len(self.boxes) else np.zeros((0, 4))
-        if not np.isfinite(boxes).all():
+        if boxes.size and not np.isfinite(boxes).all():
             raise ShapeError("QuestionAnswer.boxes contains NaN or infinite coordinates")
         boxes.setflags(write=False)
         if len(boxes) != len(self.object_ids):
