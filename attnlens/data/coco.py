@@ -158,11 +158,12 @@ def load_coco(captions_json, instances_json, images_dir=None, *, link_categories
     images = {im["id"]: im for im in _ids(_check(cap_data, captions_json, "images", ("id", "file_name")),
                                            captions_json, "images", "id")}
     cap_images = set(images)
-    _ids(_check(ins_data, instances_json, "annotations", ("image_id", "bbox", "category_id")), instances_json,
-         "annotations", "image_id")
+    ins_anns = _check(ins_data, instances_json, "annotations", ("image_id", "bbox", "category_id"))
+    _ids(ins_anns, instances_json, "annotations", "image_id")
+    _ids(ins_anns, instances_json, "annotations", "category_id")
     for i, c in enumerate(_ids(_check(ins_data, instances_json, "categories", ("id", "name")), instances_json,
                                "categories", "id")):
-        if not isinstance(c["name"], str) or not c["name"].strip():
+        if not isinstance(c["name"], str) or not simple_tokenize(c["name"]):
             raise FormatError(f"element categories[{i}].name is {c['name']!r}, expected a non-empty string",
                               path=instances_json)
     for im in _ids(_check(ins_data, instances_json, "images", ("id",)), instances_json, "images", "id"):
@@ -189,6 +190,8 @@ def load_coco(captions_json, instances_json, images_dir=None, *, link_categories
             raise FormatError(f"element annotations[{k}].id is {ann['id']!r}, expected an integer",
                               path=captions_json)
         tokens = tuple(simple_tokenize(ann["caption"]))
+        if not tokens:
+            raise FormatError(f"element annotations[{k}].caption {ann['caption']!r} has no words", path=captions_json)
         phrases = []
         if link_categories and cat_boxes:
             names = {cid: tuple(simple_tokenize(cats[cid]["name"])) for cid in cat_boxes}
