@@ -72,8 +72,7 @@ def _read_metrics(path: Path):
     except UnicodeDecodeError as exc:
         raise FormatError(f"not a UTF-8 CSV file ({exc.reason} at byte {exc.start})", path=path) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
-        raise FormatError(f"not a readable CSV table ({str(exc).strip().splitlines()[0] if str(exc) else exc!r})",
-                          path=path) from None
+        raise FormatError(f"not a readable CSV table ({_one_line(exc)})", path=path) from None
 
 
 def _split(values: Sequence[str]) -> list[str] | None:

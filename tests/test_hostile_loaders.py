@@ -214,3 +214,59 @@ def test_tokens_bom_null_and_types():
         Regions([["a", 0, 1, 2]], (8, 8))
     with pytest.raises(AttnlensError):
         Phrase("1", ("t",), 0, ("dog",), [[0, 0, math.nan, 1]])
+
+
+# --------------------------------------------------------------------------- checkpoints and configs
+def test_checkpoint_files_of_another_kind(tmp_path):
+    import torch
+
+    from attnlens.errors import CheckpointError
+    from attnlens.models.checkpoints import load_rcar_checkpoint, load_scan_checkpoint, safe_load
+    from attnlens.train.checkpoint import load_checkpoint, read_state, save_checkpoint
+
+    for i, payload in enumerate([b"", b"not a checkpoint", b"PK\x03\x04garbage", bytes(range(256)) * 4]):
+        p = tmp_path / f"bad{i}.pth"
+        p.write_bytes(payload)
+        with pytest.raises(CheckpointError, match=f"bad{i}.pth"):
+            safe_load(p)
+    p = tmp_path / "odd.pth"
+    torch.save({"model": [{"fc.weight": "x"}, {"embed.weight": 3}], "opt": None}, p)
+    with pytest.raises(CheckpointError, match="not named tensors"):
+        load_scan_checkpoint(p)
+    torch.save({"model": {"sim_enc.x": torch.zeros(1)}, "opt": [1, 2]}, p)
+    with pytest.raises(CheckpointError, match="'opt'"):
+        load_rcar_checkpoint(p)
+    torch.save({"model": {"sim_enc.x": torch.zeros(1)}, "opt": {"regulator": "coop_rcar", "rcar_step": "two"}}, p)
+    with pytest.raises(CheckpointError, match="steps"):
+        load_rcar_checkpoint(p)
+    # a run directory with broken files
+    net = torch.nn.Linear(2, 2)
+    run = save_checkpoint(tmp_path / "run", net, config={"task": "x"}, epoch=1)
+    (run / "state.json").write_text("[1, 2]")
+    with pytest.raises(FormatError, match=r"state.json.*object"):
+        read_state(run)
+    (run / "state.json").write_text('{"epoch": "one"}')
+    with pytest.raises(FormatError, match=r"state.json.*'epoch'"):
+        load_checkpoint(run, net)
+    (run / "state.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(FormatError, match="UTF-8"):
+        read_state(run)
+    (run / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(run, net)
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"epochs": 0}', '{"epochs": "3"}', '{"lr": -1}', '{"nope": 1}',
+                                  '{"lr": 1e999}', '{"scene_options": [1]}', "\ufeff{}", "{"])
+def test_config_files_malformed(tmp_path, text):
+    from attnlens.train.config import MatchingConfig
+
+    p = tmp_path / "c.json"
+    p.write_text(text, encoding="utf-8")
+    ok, out = typed(MatchingConfig.load, p)
+    if text == "\ufeff{}":
+        assert ok and out == MatchingConfig()
+    else:
+        assert not ok and isinstance(out, FormatError) and "c.json" in str(out), out
+    with pytest.raises(FormatError):
+        MatchingConfig.load(tmp_path / "missing.json")

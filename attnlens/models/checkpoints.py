@@ -35,7 +35,8 @@ def safe_load(path, map_location="cpu"):
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError, KeyError,
             IndexError, OSError, ImportError, MemoryError, OverflowError) as exc:  # untrusted bytes fail in many ways
         raise CheckpointError(f"{path}: refused or unreadable with weights_only=True (only tensors, plain "
-                              f"containers and argparse.Namespace are allowed): {str(exc).splitlines()[0]}") from exc
+                              f"containers and argparse.Namespace are allowed): "
+                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc
 
 
 def _opt(opt, path) -> dict:
