@@ -291,5 +291,5 @@ def _image_size(root: Path, image_id: str):
     try:
         img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # a file of another kind under the image's name
-        raise FormatError(f"unreadable image ({(str(exc).strip().splitlines() or ["cv2 error"])[-1]})", path=p) from None
+        raise FormatError(f"unreadable image ({(str(exc).strip().splitlines() or ['cv2 error'])[-1]})", path=p) from None
     return None if img is None or img.ndim < 2 else img.shape[:2]

@@ -228,4 +228,4 @@ def load_trainer_state(run_dir: str | Path, optimizer: torch.optim.Optimizer | N
         set_rng_state(rng)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise CheckpointError(f"{run_dir}: the optimizer or RNG state does not fit ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else exc!r}); rerun with resume=False") from None
+                              f"{(str(exc).splitlines() or [repr(exc)])[0]}); rerun with resume=False") from None
