@@ -161,8 +161,10 @@ class Regions:
         return len(self.boxes)
 
     def __getitem__(self, index) -> "Regions":
-        idx = np.arange(len(self))[index]
-        idx = np.atleast_1d(idx)
+        try:
+            idx = np.atleast_1d(np.arange(len(self))[index])
+        except (IndexError, TypeError, ValueError) as exc:
+            raise ShapeError(f"Regions index {index!r} does not select boxes of {len(self)} regions ({exc})") from None
         return Regions(
             self.boxes[idx],
             self.image_size,
