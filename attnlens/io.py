@@ -21,13 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import FormatError
+
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "save_dataframe", "save_figure",
            "TMP_SUFFIX", "UnsafePathError", "confine"]
 
 TMP_SUFFIX = ".tmp-attnlens"
-
-
-from .errors import FormatError  # noqa: E402  (errors imports nothing from attnlens)
 
 
 class UnsafePathError(FormatError):

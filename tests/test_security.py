@@ -124,3 +124,19 @@ def test_star_import_and_every_public_name():
     code = "from attnlens import *; import attnlens; names = dir(); assert all(n in names for n in attnlens.__all__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_capture_job_record_outputs_are_confined(tmp_path):
+    from attnlens.distributed.dataset import DONE, job_done
+
+    out = tmp_path / "job"
+    out.mkdir()
+    (tmp_path / "secret.txt").write_text(SECRET)
+    (out / "ok.txt").write_text("x")
+    (out / DONE).write_text(json.dumps({"outputs": ["ok.txt"]}))
+    assert job_done(out) is not None
+    for bad in (["../secret.txt"], [str(tmp_path / "secret.txt")], [3], "ok.txt"):
+        (out / DONE).write_text(json.dumps({"outputs": bad}))
+        assert job_done(out) is None, bad      # an escaping entry never makes a job look finished
+    (out / DONE).write_text("[1, 2]")
+    assert job_done(out) is None

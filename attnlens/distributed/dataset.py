@@ -117,9 +117,15 @@ def job_done(out: str | Path, fingerprint: str | None = None) -> dict | None:
         record = json.loads((out / DONE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if fingerprint is not None and record.get("fingerprint") != fingerprint:
+    if not isinstance(record, dict) or (fingerprint is not None and record.get("fingerprint") != fingerprint):
         return None
-    if not all((out / name).is_file() for name in record.get("outputs", OUTPUTS)):
+    from ..io import UnsafePathError, confine
+
+    try:   # output names come from the run file: only files inside ``out`` count
+        if not all(confine(name, out, source=out / DONE, what="outputs entry").is_file()
+                   for name in record.get("outputs", OUTPUTS)):
+            return None
+    except (UnsafePathError, TypeError):
         return None
     return record
 
