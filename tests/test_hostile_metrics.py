@@ -153,6 +153,10 @@ def test_known_silent_wrong_values_are_gone():
     big = torch.full((1, 2, 2), 1e308, dtype=torch.float64)
     g = torch.tensor([[[True, False], [False, False]]])
     assert M.relevance_mass_accuracy(big, g).item() == pytest.approx(0.25)
+    # density maps of huge (finite) weights keep their mass instead of overflowing to inf
+    dens = G.regions_to_pixels(torch.tensor([1e308, 1e308], dtype=torch.float64),
+                               torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2]]), (2, 2), "density")
+    assert bool(torch.isfinite(dens).all()) and dens[0, 0].item() == pytest.approx(5e307)
     # bfloat16 maps work and give the float32 answer
     bf = torch.rand(3, 5, 5).to(torch.bfloat16)
     gg = torch.rand(3, 5, 5) > 0.6
