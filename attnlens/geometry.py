@@ -201,7 +201,8 @@ def regions_to_pixels(weights, boxes, image_size, mode: str = "max", valid=None)
         try:
             torch.broadcast_shapes(v.shape, w.shape)
         except RuntimeError:
-            raise ShapeError(f"regions_to_pixels: valid {tuple(v.shape)} does not fit weights {tuple(w.shape)}") from None
+            raise ShapeError(f"regions_to_pixels: valid {tuple(v.shape)} does not fit weights "
+                             f"{tuple(w.shape)}") from None
     if not bool(torch.isfinite(w).all()):   # (invalid ones too: they count in the total that is kept)
         raise NonFiniteError(f"regions_to_pixels: weights {tuple(w.shape)} contain NaN or infinite values")
     narrow = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else None
@@ -293,7 +294,8 @@ def grid_to_pixels(weights, grid, image_size):
     as_numpy = not isinstance(weights, torch.Tensor)
     w = _number_tensor(weights, "grid_to_pixels: weights")
     if w.ndim == 0 or w.shape[-1] != rows * cols:
-        raise ShapeError(f"grid_to_pixels: {w.shape[-1] if w.ndim else 0} patch weights do not fill a {rows}x{cols} grid")
+        raise ShapeError(f"grid_to_pixels: {w.shape[-1] if w.ndim else 0} patch weights do not fill a "
+                         f"{rows}x{cols} grid")
     h, wd = _size(image_size, "grid_to_pixels")
     ri = (torch.arange(h, device=w.device) * rows) // h
     ci = (torch.arange(wd, device=w.device) * cols) // wd

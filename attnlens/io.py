@@ -60,7 +60,8 @@ def confine(entry: str | os.PathLike, root: str | os.PathLike, *, source: object
     if isinstance(text, bytes) or not text or "\x00" in text:
         raise UnsafePathError(f"{what} {text!r} is not a usable relative path", path=source, line=line)
     if os.path.isabs(text) or Path(text).drive or Path(text).anchor:
-        raise UnsafePathError(f"{what} {text!r} is absolute; only paths inside {root} are allowed", path=source, line=line)
+        raise UnsafePathError(f"{what} {text!r} is absolute; only paths inside {root} are allowed", path=source,
+                              line=line)
     base = Path(root).resolve()
     target = (base / text).resolve()
     if target != base and base not in target.parents:

@@ -123,7 +123,8 @@ def load_easy_vqa(split: str = "train", *, n: int | None = None, threshold: int 
         try:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         except cv2.error as exc:
-            raise FormatError(f"unreadable image ({(str(exc).strip().splitlines() or ['cv2 error'])[-1]})", path=path) from None
+            reason = (str(exc).strip().splitlines() or ["cv2 error"])[-1]
+            raise FormatError(f"unreadable image ({reason})", path=path) from None
         if bgr is None:
             raise FormatError("unreadable image (not an image file?)", path=path)
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])

@@ -201,7 +201,8 @@ def _split_ids(root: Path, split: str | None) -> list[tuple[str, object, int | N
     if split is None:
         folder = require_path(root / "Sentences", "Flickr30K Entities Sentences", folder=True)
         ids = [p.stem for p in folder.glob("*.txt")]
-        return [(i, folder, None) for i in sorted(ids, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))]
+        ids = sorted(ids, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+        return [(i, folder, None) for i in ids]
     if not isinstance(split, str):
         raise FormatError(f"split must be a split name such as 'train', got {type(split).__name__} {split!r}")
     path = require_path(confine(f"{split}.txt", root, what=f"split {split!r}"), f"split {split!r}")
@@ -291,5 +292,6 @@ def _image_size(root: Path, image_id: str):
     try:
         img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # a file of another kind under the image's name
-        raise FormatError(f"unreadable image ({(str(exc).strip().splitlines() or ['cv2 error'])[-1]})", path=p) from None
+        reason = (str(exc).strip().splitlines() or ["cv2 error"])[-1]
+        raise FormatError(f"unreadable image ({reason})", path=p) from None
     return None if img is None or img.ndim < 2 else img.shape[:2]

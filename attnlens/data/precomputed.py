@@ -88,7 +88,8 @@ class PrecomputedSplit:
                 raise FormatError(f"boxes must have shape ({n}, {r}, 4) to match the features, "
                                   f"got {self.boxes.shape}", path=boxes_path)
             _check_real(self.boxes, boxes_path, "boxes", True)
-            inverted = np.argwhere((self.boxes[..., 2] < self.boxes[..., 0]) | (self.boxes[..., 3] < self.boxes[..., 1]))
+            b = self.boxes
+            inverted = np.argwhere((b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1]))
             if len(inverted):
                 i, j = inverted[0].tolist()
                 raise FormatError(f"element [{i}, {j}] is an inverted box {self.boxes[i, j].tolist()} "

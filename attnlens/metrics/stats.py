@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DTypeError, ParameterError, ShapeError
-from ..params import fraction_param, int_param, real_param
+from ..params import int_param, real_param
 
 
 def _clean(x, what: str = "values") -> np.ndarray:

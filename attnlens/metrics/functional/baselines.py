@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from ...errors import ShapeError, UnknownNameError
-from ._common import as_tensor, check_bool, int_param, real_param
+from ._common import check_bool, int_param, real_param
 
 
 def _size(n, height, width, fn: str) -> tuple[int, int, int]:

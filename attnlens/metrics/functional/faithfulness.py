@@ -282,7 +282,8 @@ def leave_one_out(score: ScoreFn, importance_shape_or_valid, *, batch_size: int 
     [[0.0, 2.0, 0.0]]
     """
     if isinstance(importance_shape_or_valid, tuple):
-        shape = tuple(int_param(d, "importance_shape_or_valid", "leave_one_out", lo=0) for d in importance_shape_or_valid)
+        shape = tuple(int_param(d, "importance_shape_or_valid", "leave_one_out", lo=0)
+                      for d in importance_shape_or_valid)
         v = torch.ones(shape, dtype=torch.bool)
     else:
         v = check_bool(importance_shape_or_valid, "leave_one_out: valid")
