@@ -15,7 +15,8 @@ from .types import AttentionMap, GroundedCaption, Phrase, Regions, Side
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "models", "capture", "explain", "metrics", "render", "report", "study", "train", "tasks", "testing", "cli", "evaluate"}
+_LAZY = {"data", "models", "capture", "explain", "metrics", "render", "report", "study", "train", "tasks", "cli",
+         "evaluate"}
 
 
 def __getattr__(name):

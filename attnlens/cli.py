@@ -23,6 +23,58 @@ __all__ = ["cli", "main"]
 USER_ERRORS = (AttnlensError, ValueError, KeyError, OSError, TypeError)
 
 
+def _check_checkpoints_option(value: str) -> None:
+    """``--checkpoints``: 'assets', 'none' or an existing directory (a typo must not silently mean 'train')."""
+    if value.lower() in ("assets", "none"):
+        return
+    path = Path(value)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise click.BadParameter(f"{value!r} {what} (use 'assets', 'none' or an existing directory)",
+                                 param_hint="--checkpoints")
+
+
+def _config_option(text: str) -> dict:
+    """``--config``: a JSON object, or the path of a file holding one (``cfg.json``)."""
+    import json
+
+    source = "--config"
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        path = Path(text)
+        if path.suffix.lower() == ".json" or path.exists():
+            if not path.is_file():
+                raise click.BadParameter(f"config file {text!r} does not exist", param_hint="--config")
+            try:
+                stripped = path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise click.BadParameter(f"{path}: not UTF-8 text ({exc.reason})", param_hint="--config") from None
+            source = str(path)
+    try:
+        overrides = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{'' if source == '--config' else source + ': '}not valid JSON ({exc})",
+                                 param_hint="--config") from None
+    if not isinstance(overrides, dict):
+        raise click.BadParameter(f"{'' if source == '--config' else source + ': '}must be a JSON object",
+                                 param_hint="--config")
+    return overrides
+
+
+def _read_metrics(path: Path):
+    """A metrics CSV as a DataFrame; unreadable files raise FormatError naming the file."""
+    import pandas as pd
+
+    from .errors import FormatError
+
+    try:
+        return pd.read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not a UTF-8 CSV file ({exc.reason} at byte {exc.start})", path=path) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+        raise FormatError(f"not a readable CSV table ({_one_line(exc)})", path=path) from None
+
+
 def _split(values: Sequence[str]) -> list[str] | None:
     """``--tasks a,b --tasks c`` -> ``["a", "b", "c"]``; nothing -> ``None``."""
     out = [v.strip() for item in values for v in item.split(",") if v.strip()]
@@ -67,6 +119,7 @@ def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints
     """Compare alignment functions end to end and write report.html, report.md and metrics.csv."""
     from .study import run_study
 
+    _check_checkpoints_option(checkpoints)
     out = out or Path("runs") / preset
     kw = {} if n_examples is None else {"n_examples": n_examples}
     if shard_size is not None:
@@ -91,7 +144,8 @@ def study(preset, out, tasks, alignments, seeds, n_examples, device, checkpoints
 @click.option("--preset", type=click.Choice(["quick", "demo", "full"]), default="demo", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--config", "config_json", default=None,
-              help='JSON object of config overrides, e.g. \'{"dataset": "easy_vqa"}\' for VQA on easy-VQA.')
+              help='JSON object of config overrides, e.g. \'{"dataset": "easy_vqa"}\' for VQA on easy-VQA, or '
+                   'the path of a .json file holding one.')
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming an interrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(task, alignment, seed, out, preset, device, config_json, no_resume, quiet):
@@ -100,14 +154,7 @@ def train(task, alignment, seed, out, preset, device, config_json, no_resume, qu
 
     from . import train as _train
 
-    overrides = None
-    if config_json:
-        try:
-            overrides = json.loads(config_json)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--config") from exc
-        if not isinstance(overrides, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--config")
+    overrides = _config_option(config_json) if config_json else None
     from .tasks.training import run as train_run
 
     path = train_run(task, alignment=alignment, seed=seed, out_dir=out, preset=preset, device=device,
@@ -155,7 +202,7 @@ def capture(task, checkpoint, split, n_examples, out, preset, device, metrics, e
     t = get_task(task)
     config = t.default_config(preset)
     if (checkpoint / CONFIG_FILE).exists():  # the data the model was trained on (e.g. VQA on easy-VQA)
-        config = {**config, **read_json(checkpoint / CONFIG_FILE)}
+        config = {**config, **read_json(checkpoint / CONFIG_FILE, kind=dict)}
     rec = capture_dataset(task, checkpoint, out, split=split, n=n_examples, config=config,
                           metrics=metrics, settings=study_config(preset), shard_size=shard_size, engine=engine,
                           workers=workers, address=address, device=resolve_device(device), progress=not quiet)
@@ -219,7 +266,18 @@ def render(maps, out, limit, fmt):
     from .study.figures import grid_figure, write_explorer
     from .study.units import load_examples
 
-    examples = load_examples(maps)[:limit]
+    from .errors import AttnlensError, FormatError
+
+    try:
+        examples = load_examples(maps)[:limit]
+    except AttnlensError:
+        raise
+    except (ValueError, KeyError, TypeError, OSError, EOFError) as exc:   # e.g. JSON or .npz of another kind
+        raise FormatError(f"not saved maps (examples.json + examples.npz from `attnlens capture`): "
+                          f"{type(exc).__name__}: {_one_line(exc)}", path=maps) from None
+    except Exception as exc:   # zipfile.BadZipFile, pickle errors ... from a file of another kind
+        raise FormatError(f"not saved maps (examples.json + examples.npz from `attnlens capture`): "
+                          f"{type(exc).__name__}: {_one_line(exc)}", path=maps) from None
     if not examples:
         raise click.ClickException(f"no maps in {maps}")
     name = "maps"
@@ -238,11 +296,11 @@ def render(maps, out, limit, fmt):
               help="A metrics table (CSV with task, alignment, metric, mean, ...) [default: RUN_DIR/metrics.csv].")
 def report(run_dir, metrics):
     """Rebuild report.html and report.md from saved metrics (no model is run)."""
-    import pandas as pd
-
     from .report import write_report
 
-    df = pd.read_csv(metrics) if metrics is not None else None
+    if metrics is None and (run_dir / "metrics.csv").is_file():
+        metrics = run_dir / "metrics.csv"
+    df = _read_metrics(metrics) if metrics is not None else None
     paths = write_report(run_dir, df)
     click.echo(f"report: {paths['html']}\n        {paths['md']}")
 
@@ -266,9 +324,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        click.echo(f"attnlens: error: {msg}", err=True)
+        click.echo(f"attnlens: error: {_one_line(msg)}", err=True)
+        return 1
+    except Exception as exc:  # a failure deep inside a dependency: still one line, not a traceback
+        if debug:
+            raise
+        click.echo(f"attnlens: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+                   f"traceback)", err=True)
         return 1
     return rv if isinstance(rv, int) else 0
+
+
+def _one_line(msg) -> str:
+    """The message on one line (multi-line errors from dependencies are joined)."""
+    return " ".join(str(msg).split()) or repr(msg)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,9 +19,26 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ShapeError
+from .errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
 
 MODES = ("max", "density")
+
+
+def _size(image_size, fn: str) -> tuple[int, int]:
+    """``(height, width)`` as positive ints (a 0 x 0 map or a fractional size is an error)."""
+    try:
+        h, w = image_size
+    except (TypeError, ValueError):
+        raise ShapeError(f"{fn}: image_size must be (height, width), got {image_size!r}") from None
+    out = []
+    for v in (h, w):
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
+                or v != int(v) or v <= 0:
+            raise ShapeError(f"{fn}: image_size must be positive integers (height, width), got {image_size!r}")
+        out.append(int(v))
+    return out[0], out[1]
 
 
 # --------------------------------------------------------------------------- conversions
@@ -37,7 +54,7 @@ def xywh_to_xyxy(boxes) -> np.ndarray:
 
 def normalized_to_xyxy(boxes, image_size) -> np.ndarray:
     """Boxes in ``[0, 1]`` image fractions (``xyxy``) to pixels of an image of ``(height, width)``."""
-    h, w = image_size
+    h, w = _size(image_size, "normalized_to_xyxy")
     return _boxes(boxes) * np.array([w, h, w, h], dtype=np.float64)
 
 
@@ -55,7 +72,7 @@ def voc_to_xyxy(boxes) -> np.ndarray:
 
 def clip_boxes(boxes, image_size, *, warn: bool = True, what: str = "boxes") -> np.ndarray:
     """Clip boxes to the image; warns (naming ``what``) when anything was outside."""
-    h, w = image_size
+    h, w = _size(image_size, what)
     b = _boxes(boxes)
     clipped = b.copy()
     clipped[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
@@ -99,9 +116,14 @@ def pixel_bounds(boxes, image_size):
     ceil(x2 - 0.5)``; ranges are clipped to the image. Works on numpy arrays or tensors of
     shape ``[..., 4]``.
     """
-    h, w = image_size
-    lib = torch if isinstance(boxes, torch.Tensor) else np
-    b = boxes if lib is torch else np.asarray(boxes, dtype=np.float64)
+    h, w = _size(image_size, "pixel_bounds")
+    if isinstance(boxes, torch.Tensor):
+        lib, b = torch, _box_tensor(boxes, "pixel_bounds: boxes") if boxes.dtype != torch.float64 or not \
+            bool(torch.isfinite(boxes).all()) else boxes
+    else:
+        lib, b = np, _box_tensor(boxes, "pixel_bounds: boxes").numpy()
+    if b.ndim < 1 or b.shape[-1] != 4:
+        raise ShapeError(f"pixel_bounds: boxes must be [..., 4], got shape {tuple(b.shape)}")
     c0 = lib.clip(lib.ceil(b[..., 0] - 0.5), 0, w)
     c1 = lib.clip(lib.ceil(b[..., 2] - 0.5), 0, w)
     r0 = lib.clip(lib.ceil(b[..., 1] - 0.5), 0, h)
@@ -117,9 +139,9 @@ def box_masks(boxes, image_size) -> torch.Tensor:
     >>> box_masks(torch.tensor([[0.0, 0.0, 2.0, 1.0]]), (2, 3)).int().tolist()
     [[[1, 1, 0], [0, 0, 0]]]
     """
-    boxes = torch.as_tensor(boxes, dtype=torch.float64)
-    h, w = image_size
-    r0, r1, c0, c1 = pixel_bounds(boxes, image_size)
+    boxes = _box_tensor(boxes, "box_masks: boxes")
+    h, w = _size(image_size, "box_masks")
+    r0, r1, c0, c1 = pixel_bounds(boxes, (h, w))
     rows = torch.arange(h, device=boxes.device)
     cols = torch.arange(w, device=boxes.device)
     rmask = (rows >= r0[..., None]) & (rows < r1[..., None])
@@ -130,9 +152,10 @@ def box_masks(boxes, image_size) -> torch.Tensor:
 def union_mask(boxes, image_size) -> torch.Tensor:
     """``[H, W]`` mask of the union of boxes ``[n, 4]`` (all False for no boxes)."""
     b = torch.from_numpy(_boxes(boxes).copy())
+    size = _size(image_size, "union_mask")
     if len(b) == 0:
-        return torch.zeros(image_size, dtype=torch.bool)
-    return box_masks(b, image_size).any(dim=0)
+        return torch.zeros(size, dtype=torch.bool)
+    return box_masks(b, size).any(dim=0)
 
 
 # --------------------------------------------------------------------------- region maps
@@ -154,20 +177,43 @@ def regions_to_pixels(weights, boxes, image_size, mode: str = "max", valid=None)
     >>> m[1, 1].item(), m[3, 3].item(), m[0, 3].item()
     (1.0, 0.5, 0.0)
     """
-    if mode not in MODES:
-        raise ShapeError(f"unknown region-to-pixel mode {mode!r}; valid: {MODES}")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise UnknownNameError("region-to-pixel mode", str(mode), MODES)
     as_numpy = not isinstance(weights, torch.Tensor)
-    w = torch.as_tensor(np.asarray(weights) if as_numpy else weights)
+    w = _number_tensor(weights, "regions_to_pixels: weights")
+    if w.ndim == 0:
+        raise ShapeError("regions_to_pixels: weights must be [..., R], got a scalar")
     if not w.is_floating_point():
         w = w.double()
-    b = torch.as_tensor(np.asarray(boxes) if not isinstance(boxes, torch.Tensor) else boxes,
-                        dtype=torch.float64, device=w.device)
-    if b.shape[-1] != 4 or b.shape[-2] != w.shape[-1]:
+    b = _box_tensor(boxes, "regions_to_pixels: boxes").to(w.device)
+    if b.ndim < 2 or b.shape[-1] != 4 or b.shape[-2] != w.shape[-1]:
         raise ShapeError(f"regions_to_pixels: weights {tuple(w.shape)} need boxes [..., {w.shape[-1]}, 4], "
                          f"got {tuple(b.shape)}")
+    size = _size(image_size, "regions_to_pixels")
+    v = None
     if valid is not None:
-        v = torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid,
-                            dtype=torch.bool, device=w.device)
+        v = _number_tensor(valid, "regions_to_pixels: valid")
+        if v.dtype != torch.bool:
+            if not bool(((v == 0) | (v == 1)).all()):
+                raise DTypeError(f"regions_to_pixels: valid must be boolean (or 0/1), got {v.dtype} with other values")
+            v = v != 0
+        v = v.to(w.device)
+        try:
+            torch.broadcast_shapes(v.shape, w.shape)
+        except RuntimeError:
+            raise ShapeError(f"regions_to_pixels: valid {tuple(v.shape)} does not fit weights "
+                             f"{tuple(w.shape)}") from None
+    if not bool(torch.isfinite(w).all()):   # (invalid ones too: they count in the total that is kept)
+        raise NonFiniteError(f"regions_to_pixels: weights {tuple(w.shape)} contain NaN or infinite values")
+    narrow = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else None
+    if narrow is not None:     # numpy/cv2 have no bfloat16: paint in float32 (exact), return the input dtype
+        w = w.float()
+    big = float(w.abs().max()) if w.numel() else 0.0
+    if big > 1e300 and mode == "density":   # sums of such weights overflow: paint w / big, scale back
+        out = regions_to_pixels(w / big, b, size, mode, valid=v) * big
+        out = out.to(narrow) if narrow is not None else out
+        return out.cpu().numpy() if as_numpy else out
+    if v is not None:
         total = w.sum(-1, keepdim=True)
         kept = torch.where(v, w, torch.zeros_like(w))
         denom = kept.sum(-1, keepdim=True)
@@ -177,12 +223,14 @@ def regions_to_pixels(weights, boxes, image_size, mode: str = "max", valid=None)
     n = math.prod(batch)
     w2 = w.expand(*batch, R).reshape(n, R)
     b2 = b.expand(*batch, R, 4).reshape(n, R, 4)
-    h, wd = (int(x) for x in image_size)
-    if R == 0:  # no regions: nothing is covered
-        out = torch.zeros(w2.shape[0], h, wd, dtype=w2.dtype, device=w2.device)
+    h, wd = size
+    if R == 0 or n == 0:  # no regions (or no maps): nothing is covered
+        out = torch.zeros(n, h, wd, dtype=w2.dtype, device=w2.device)
     else:
         out = _density(w2, b2, h, wd) if mode == "density" else _max(w2, b2, h, wd)
     out = out.reshape(*batch, h, wd)
+    if narrow is not None:
+        out = out.to(narrow)
     return out.cpu().numpy() if as_numpy else out
 
 
@@ -239,12 +287,16 @@ def grid_to_pixels(weights, grid, image_size):
     Each patch takes the cell of the original image it covers (nearest-neighbour). Drop global
     tokens ([CLS]) before calling.
     """
-    rows, cols = grid
+    try:
+        rows, cols = _size(grid, "grid_to_pixels")
+    except ShapeError:
+        raise ShapeError(f"grid_to_pixels: grid must be positive integers (rows, cols), got {grid!r}") from None
     as_numpy = not isinstance(weights, torch.Tensor)
-    w = torch.as_tensor(np.asarray(weights) if as_numpy else weights)
-    if w.shape[-1] != rows * cols:
-        raise ShapeError(f"grid_to_pixels: {w.shape[-1]} patch weights do not fill a {rows}x{cols} grid")
-    h, wd = image_size
+    w = _number_tensor(weights, "grid_to_pixels: weights")
+    if w.ndim == 0 or w.shape[-1] != rows * cols:
+        raise ShapeError(f"grid_to_pixels: {w.shape[-1] if w.ndim else 0} patch weights do not fill a "
+                         f"{rows}x{cols} grid")
+    h, wd = _size(image_size, "grid_to_pixels")
     ri = (torch.arange(h, device=w.device) * rows) // h
     ci = (torch.arange(wd, device=w.device) * cols) // wd
     g = w.reshape(*w.shape[:-1], rows, cols)
@@ -252,12 +304,46 @@ def grid_to_pixels(weights, grid, image_size):
     return out.cpu().numpy() if as_numpy else out
 
 
+def _number_tensor(x, what: str) -> torch.Tensor:
+    """A tensor of bool/int/real numbers (strings, None, complex -> DTypeError)."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise DTypeError(f"{what} must be numbers ({exc})") from None
+        if arr.dtype.kind not in "biuf":
+            raise DTypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
+        t = torch.as_tensor(arr)
+    if t.is_complex():
+        raise DTypeError(f"{what} must be real numbers, got {t.dtype}")
+    return t
+
+
+def _box_tensor(boxes, what: str) -> torch.Tensor:
+    """float64 tensor of boxes ``[..., 4]`` with finite coordinates."""
+    b = _number_tensor(boxes, what).to(torch.float64)
+    if b.numel() and not bool(torch.isfinite(b).all()):
+        raise NonFiniteError(f"{what} {tuple(b.shape)} contain NaN or infinite coordinates")
+    return b
+
+
 def _boxes(boxes) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64)
+    try:
+        b = np.asarray(boxes)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(f"boxes must be numbers ({exc})") from None
+    if b.dtype.kind not in "biuf":
+        raise DTypeError(f"boxes must be real numbers, got dtype {b.dtype}")
+    b = b.astype(np.float64)
     if b.size == 0:
         return b.reshape(0, 4)
     if b.ndim == 1 and b.shape[0] == 4:
         b = b[None]
     if b.ndim != 2 or b.shape[1] != 4:
         raise ShapeError(f"boxes must have shape (n, 4), got {tuple(b.shape)}")
+    if not np.isfinite(b).all():
+        k = int(np.flatnonzero(~np.isfinite(b).all(1))[0])
+        raise NonFiniteError(f"boxes contain NaN or infinite coordinates (box {k}: {b[k].tolist()})")
     return b

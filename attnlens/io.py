@@ -21,10 +21,52 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import FormatError
+
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "save_dataframe", "save_figure",
-           "TMP_SUFFIX"]
+           "TMP_SUFFIX", "UnsafePathError", "confine"]
 
 TMP_SUFFIX = ".tmp-attnlens"
+
+
+class UnsafePathError(FormatError):
+    """A path read from a data or run file that leaves the folder it must stay in."""
+
+
+def confine(entry: str | os.PathLike, root: str | os.PathLike, *, source: object = None,
+            what: str = "path", line: int | None = None) -> Path:
+    """Resolve ``entry`` (read from a data or run file) below ``root``, or raise.
+
+    ``entry`` is taken relative to ``root``; the result is resolved (symbolic links followed, ``..``
+    removed) and must lie inside the resolved ``root``. Absolute paths, ``..`` escapes, links out of
+    ``root``, empty or NUL-containing entries are refused with :class:`UnsafePathError` (a
+    :class:`~attnlens.errors.FormatError`) naming ``source`` (the file the entry came from), ``what``
+    (the entry, e.g. ``"figures[2].path"``), ``line`` (its line in ``source``, if any) and the
+    offending value. The file need not exist.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> confine("figs/a.png", root) == (root / "figs" / "a.png").resolve()
+    True
+    >>> confine("../etc/passwd", root, source="run.json", what="figures[0].path")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    attnlens.io.UnsafePathError: run.json: figures[0].path '../etc/passwd' leaves ...
+    """
+    if not isinstance(entry, (str, os.PathLike)):
+        raise UnsafePathError(f"{what} must be a relative path string, got {type(entry).__name__} {entry!r}",
+                              path=source, line=line)
+    text = os.fspath(entry)
+    if isinstance(text, bytes) or not text or "\x00" in text:
+        raise UnsafePathError(f"{what} {text!r} is not a usable relative path", path=source, line=line)
+    if os.path.isabs(text) or Path(text).drive or Path(text).anchor:
+        raise UnsafePathError(f"{what} {text!r} is absolute; only paths inside {root} are allowed", path=source,
+                              line=line)
+    base = Path(root).resolve()
+    target = (base / text).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafePathError(f"{what} {text!r} leaves {base} (resolves to {target})", path=source, line=line)
+    return target
 
 
 @contextmanager

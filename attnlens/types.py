@@ -14,25 +14,106 @@ The classes are frozen dataclasses that validate in ``__post_init__``; indexing 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import DTypeError, NonFiniteError, ShapeError
+
+
+_INF = float("inf")
+
+
+class NonFiniteBoxError(NonFiniteError, ShapeError):
+    """Box coordinates that are NaN or infinite (a :class:`NonFiniteError` and a :class:`ShapeError`)."""
 
 
 def _as_boxes(boxes, what: str) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
+    """Validated read-only ``[n, 4]`` float64 copy of ``boxes``: finite, ``x1 <= x2`` and ``y1 <= y2``.
+
+    ``what`` names the boxes in errors (a string, or a function returning one, called only on error).
+    """
+    if callable(what):
+        try:
+            return _as_boxes(boxes, "")
+        except (ShapeError, DTypeError) as exc:
+            raise type(exc)(f"{what()}{exc}" if str(exc).startswith(":") else f"{what()} {exc}".replace("  ", " ")) \
+                from None
+    if isinstance(boxes, np.ndarray) and boxes.dtype == np.float64:
+        arr = boxes
+    else:
+        probe = boxes if isinstance(boxes, np.ndarray) else np.asarray(boxes)
+        if probe.dtype.kind not in "biuf":   # strings, objects (None), complex, datetimes ...
+            raise DTypeError(f"{what} must be real numbers, got dtype {probe.dtype}")
+        arr = probe.astype(np.float64)
     if arr.size == 0:
         arr = arr.reshape(0, 4)
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise ShapeError(f"{what} must be an (n, 4) xyxy array, got shape {tuple(arr.shape)}")
-    if not np.all(np.isfinite(arr)):
-        raise ShapeError(f"{what} contains NaN or infinite coordinates")
+    if len(arr) <= 2:   # the common one- or two-box case: plain floats are much faster than ufuncs here
+        for k, (x1, y1, x2, y2) in enumerate(arr.tolist()):
+            # x1 <= x2 < inf and -inf < y1 <= y2 ... written so that NaN fails the first test
+            if not (-_INF < x1 <= x2 < _INF and -_INF < y1 <= y2 < _INF):
+                if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+                    raise NonFiniteBoxError(f"{what} contains NaN or infinite coordinates (box {k}: "
+                                            f"{[x1, y1, x2, y2]})")
+                raise ShapeError(f"{what}: box {k} {[x1, y1, x2, y2]} is inverted (x2 < x1 or y2 < y1)")
+    else:
+        if not np.isfinite(arr).all():
+            k = int(np.flatnonzero(~np.isfinite(arr).all(1))[0])
+            raise NonFiniteBoxError(f"{what} contains NaN or infinite coordinates (box {k}: {arr[k].tolist()})")
+        bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ShapeError(f"{what}: box {k} {arr[k].tolist()} is inverted (x2 < x1 or y2 < y1)")
     arr = arr.copy()
     arr.setflags(write=False)
     return arr
+
+
+def _image_size(size, what: str) -> tuple[int, int]:
+    """``(height, width)`` as two positive ints (integral floats accepted; fractions, bools refused)."""
+    if type(size) is tuple and len(size) == 2 and type(size[0]) is int and type(size[1]) is int \
+            and size[0] > 0 and size[1] > 0:   # the common case, checked without the general machinery
+        return size
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ShapeError(f"{what} must be (height, width), got {size!r}") from None
+    out = []
+    for v in (h, w):
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(v) or v != int(v) or v <= 0:
+            raise ShapeError(f"{what} must be positive integers (height, width), got {size!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+def _tokens(tokens, what: str) -> tuple[str, ...]:
+    """Tokens as a tuple of non-blank strings (a plain string is refused: it is not a token list)."""
+    if isinstance(tokens, (str, bytes)):
+        raise DTypeError(f"{what} must be a sequence of token strings, got the string {tokens!r} "
+                         f"(split it first, e.g. with as_token_tuple)")
+    try:
+        out = tokens if type(tokens) is tuple else tuple(tokens)
+    except TypeError:
+        raise DTypeError(f"{what} must be a sequence of token strings, got {type(tokens).__name__}") from None
+    try:
+        joined = "\x00".join(out)          # one C-level pass: fails on any non-string token
+    except TypeError:
+        k, t = next((k, t) for k, t in enumerate(out) if not isinstance(t, str))
+        raise DTypeError(f"{what}[{k}] is {type(t).__name__} {t!r}, not a string") from None
+    # fast test first: no empty token, no white space, no byte-order mark -> no blank token
+    head = joined.split(None, 1)   # [joined] exactly when there is no white space anywhere
+    if "" in out or "\ufeff" in joined or len(head) != 1 or head[0] != joined:
+        blank = next(((k, t) for k, t in enumerate(out) if not t.strip().strip("\ufeff")), None)
+        if blank is not None:
+            raise ShapeError(f"{what}[{blank[0]}] is a blank token {blank[1]!r}")
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,10 +138,7 @@ class Regions:
 
     def __post_init__(self):
         object.__setattr__(self, "boxes", _as_boxes(self.boxes, "Regions.boxes"))
-        h, w = (int(v) for v in self.image_size)
-        if h <= 0 or w <= 0:
-            raise ShapeError(f"Regions.image_size must be positive (height, width), got {self.image_size}")
-        object.__setattr__(self, "image_size", (h, w))
+        object.__setattr__(self, "image_size", _image_size(self.image_size, "Regions.image_size"))
         n = len(self.boxes)
         if self.labels is not None:
             labels = tuple(self.labels)
@@ -68,9 +146,14 @@ class Regions:
                 raise ShapeError(f"Regions has {n} boxes but {len(labels)} labels")
             object.__setattr__(self, "labels", labels)
         if self.scores is not None:
-            scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+            scores = np.asarray(self.scores)
+            if scores.dtype.kind not in "biuf":
+                raise DTypeError(f"Regions.scores must be real numbers, got dtype {scores.dtype}")
+            scores = scores.astype(np.float64).reshape(-1)
             if len(scores) != n:
                 raise ShapeError(f"Regions has {n} boxes but {len(scores)} scores")
+            if not np.isfinite(scores).all():
+                raise NonFiniteError(f"Regions.scores contain NaN or infinite values: {scores.tolist()[:8]}")
             scores.setflags(write=False)
             object.__setattr__(self, "scores", scores)
 
@@ -78,8 +161,10 @@ class Regions:
         return len(self.boxes)
 
     def __getitem__(self, index) -> "Regions":
-        idx = np.arange(len(self))[index]
-        idx = np.atleast_1d(idx)
+        try:
+            idx = np.atleast_1d(np.arange(len(self))[index])
+        except (IndexError, TypeError, ValueError) as exc:
+            raise ShapeError(f"Regions index {index!r} does not select boxes of {len(self)} regions ({exc})") from None
         return Regions(
             self.boxes[idx],
             self.image_size,
@@ -116,13 +201,25 @@ class Phrase:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
     def __post_init__(self):
-        object.__setattr__(self, "entity_id", str(self.entity_id))
-        object.__setattr__(self, "types", tuple(self.types))
-        object.__setattr__(self, "tokens", tuple(self.tokens))
-        object.__setattr__(self, "first_token", int(self.first_token))
+        setattr_ = object.__setattr__   # (attributes are only re-set when they change: this runs per phrase)
+        if type(self.entity_id) is not str:
+            setattr_(self, "entity_id", str(self.entity_id))
+        if type(self.types) is not tuple:
+            setattr_(self, "types", (self.types,) if isinstance(self.types, str) else tuple(self.types))
+        tokens = _tokens(self.tokens, "Phrase.tokens")
+        if tokens is not self.tokens:
+            setattr_(self, "tokens", tokens)
+        first = self.first_token
+        if type(first) is not int:
+            if isinstance(first, bool) or not isinstance(first, (int, np.integer)):
+                raise DTypeError(f"Phrase.first_token must be an integer, got {type(first).__name__} {first!r}")
+            object.__setattr__(self, "first_token", int(first))
         if self.first_token < 0:
             raise ShapeError(f"Phrase.first_token must be >= 0, got {self.first_token}")
-        object.__setattr__(self, "boxes", _as_boxes(self.boxes, f"boxes of phrase {self.text!r}"))
+        object.__setattr__(self, "boxes", _as_boxes(self.boxes, self._boxes_what))
+
+    def _boxes_what(self) -> str:   # (built only for an error message)
+        return f"boxes of phrase {self.text!r}"
 
     @property
     def span(self) -> range:
@@ -157,15 +254,31 @@ class GroundedCaption:
     image_size: tuple[int, int] | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "image_id", str(self.image_id))
-        object.__setattr__(self, "tokens", tuple(self.tokens))
-        object.__setattr__(self, "phrases", tuple(self.phrases))
-        for p in self.phrases:
-            end = p.first_token + len(p.tokens)
-            if end > len(self.tokens) or tuple(self.tokens[p.first_token:end]) != p.tokens:
+        setattr_ = object.__setattr__   # (attributes are only re-set when they change: this runs per caption)
+        if type(self.image_id) is not str:
+            setattr_(self, "image_id", str(self.image_id))
+        tokens = _tokens(self.tokens, "GroundedCaption.tokens")
+        if tokens is not self.tokens:
+            setattr_(self, "tokens", tokens)
+        phrases = self.phrases
+        if type(phrases) is not tuple:
+            phrases = tuple(phrases)
+            setattr_(self, "phrases", phrases)
+        size = self.image_size
+        if size is not None:
+            checked = _image_size(size, "GroundedCaption.image_size")
+            if checked is not size:
+                setattr_(self, "image_size", checked)
+        n = len(tokens)
+        for p in phrases:
+            if type(p) is not Phrase and not isinstance(p, Phrase):
+                raise DTypeError(f"GroundedCaption.phrases must hold Phrase objects, got {type(p).__name__}")
+            first, ptoks = p.first_token, p.tokens
+            end = first + len(ptoks)
+            if end > n or tokens[first:end] != ptoks:
                 raise ShapeError(
-                    f"phrase {p.text!r} at token {p.first_token} does not match caption tokens "
-                    f"{self.tokens[p.first_token:end]!r} (caption has {len(self.tokens)} tokens)"
+                    f"phrase {p.text!r} at token {first} does not match caption tokens "
+                    f"{tokens[first:end]!r} (caption has {n} tokens)"
                 )
 
     @property
@@ -192,4 +305,4 @@ def as_token_tuple(tokens: Sequence[str] | str) -> tuple[str, ...]:
 
 from .attention_map import AttentionMap, Side  # noqa: E402  (re-export)
 
-__all__ = ["Regions", "Phrase", "GroundedCaption", "AttentionMap", "Side", "as_token_tuple"]
+__all__ = ["Regions", "Phrase", "GroundedCaption", "AttentionMap", "Side", "as_token_tuple", "NonFiniteBoxError"]

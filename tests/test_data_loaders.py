@@ -104,7 +104,9 @@ def write_precomp(root, n=4, r=36, d=16, boxes=True, ids=True):
     caps = [f"Image {i} caption {k}, with a Dog." for i in range(n) for k in range(5)]
     (root / "dev_caps.txt").write_text("\n".join(caps) + "\n")
     if boxes:
-        np.save(root / "dev_boxes.npy", rng.uniform(0, 100, (n, r, 4)))
+        b = rng.uniform(0, 100, (n, r, 4))   # valid xyxy boxes (x1 <= x2, y1 <= y2)
+        np.save(root / "dev_boxes.npy", np.concatenate([np.minimum(b[..., :2], b[..., 2:]),
+                                                        np.maximum(b[..., :2], b[..., 2:])], axis=-1))
     if ids:
         (root / "dev_ids.txt").write_text("\n".join(f"img{i}" for i in range(n)) + "\n")
     return feats

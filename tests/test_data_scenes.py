@@ -314,3 +314,35 @@ def test_caption_sizes_follow_the_rates():
     assert default[1] < 0.12 * sum(default.values()) and default[3] > 0.3 * sum(default.values())
     with pytest.raises(ShapeError, match="single_rate"):
         generate(1, single_rate=0.6, triple_rate=0.6)
+
+
+def test_match_proposals_against_loop_reference():
+    """The vectorised matcher (rewritten for speed, issue #16) agrees with the rules read as a loop."""
+    def ref(props, objs):
+        out = []
+        for p in props:
+            pa = max(p[2] - p[0], 0) * max(p[3] - p[1], 0)
+            ious, parts = [], []
+            for o in objs:
+                oa = max(o[2] - o[0], 0) * max(o[3] - o[1], 0)
+                inter = max(min(p[2], o[2]) - max(p[0], o[0]), 0) * max(min(p[3], o[3]) - max(p[1], o[1]), 0)
+                union = pa + oa - inter
+                ious.append(inter / union if union > 0 else 0.0)
+                parts.append(inter >= 0.8 * pa and pa >= 0.25 * oa and pa > 0)
+            best = int(np.argmax(ious)) if ious else -1
+            if ious and ious[best] >= 0.5:
+                out.append(best)
+            elif any(parts):
+                out.append(max((i for i in range(len(objs)) if parts[i]), key=lambda i: (ious[i], -i)))
+            else:
+                out.append(-1)
+        return out
+
+    rng = np.random.default_rng(16)
+    for _ in range(300):
+        r, n = int(rng.integers(0, 12)), int(rng.integers(0, 5))
+        props = rng.integers(0, 16, (r, 4)).astype(float)
+        props[:, 2:] = np.maximum(props[:, 2:], props[:, :2]) + rng.integers(0, 4, (r, 2))
+        objs = rng.integers(0, 16, (n, 4)).astype(float)
+        objs[:, 2:] = np.maximum(objs[:, 2:], objs[:, :2]) + rng.integers(1, 4, (n, 2))
+        assert match_proposals(props, objs).tolist() == (ref(props, objs) if n else [-1] * r)

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
+from ..params import int_param
 from ..types import GroundedCaption
 from .vocab import Vocabulary
 
@@ -24,12 +25,17 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Te
     >>> ids.tolist(), lengths.tolist()
     ([[5, 6, 7], [8, 0, 0]], [3, 1])
     """
+    pad = int_param(pad, "pad", "pad_sequences")
+    seqs = list(seqs)
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     L = int(lengths.max()) if len(seqs) else 0
-    ids = torch.full((len(seqs), L), int(pad), dtype=torch.long)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+            arr = np.asarray(list(s))
+            if arr.dtype.kind not in "iu" or arr.ndim != 1:
+                raise DTypeError(f"pad_sequences: sequence {i} must hold integer ids, got {list(s)[:5]!r}")
+            ids[i, :len(s)] = torch.from_numpy(arr.astype(np.int64))
     return ids, lengths
 
 
@@ -111,7 +117,12 @@ def _images_and_regions(samples):
 
 
 def _indices(index, n: int, counts: list[int], what: str) -> list[int]:
-    idx = [int(index)] * n if isinstance(index, (int, np.integer)) else [int(i) for i in index]
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        idx = [int(index)] * n
+    elif isinstance(index, (str, bytes)) or not hasattr(index, "__iter__"):
+        raise DTypeError(f"{what} must be an int or a sequence of ints, got {type(index).__name__} {index!r}")
+    else:
+        idx = [int_param(i, f"{what}[{k}]", "collate") for k, i in enumerate(index)]
     if len(idx) != n:
         raise ShapeError(f"{what}: got {len(idx)} indices for {n} samples")
     for i, (k, c) in enumerate(zip(idx, counts)):

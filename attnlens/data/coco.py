@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import FormatError, require
 from ..geometry import clip_boxes, xywh_to_xyxy
+from ..io import confine
 from ..types import GroundedCaption, Phrase, Regions
 from ._files import MissingFileError, progress_bar, require_path
 from .vocab import simple_tokenize
@@ -70,7 +71,7 @@ class CocoCaption:
 def _read(path, what: str) -> dict:
     path = require_path(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise FormatError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
@@ -91,6 +92,15 @@ def _check(data: dict, path, section: str, keys: tuple[str, ...]) -> list:
         for k in keys:
             if k not in item:
                 raise FormatError(f"element {section}[{i}] lacks {k!r}", path=path)
+    return items
+
+
+def _ids(items: list, path, section: str, key: str) -> list:
+    """Check that ``items[i][key]`` is an integer or string id (JSON ``null``, lists, floats refused)."""
+    for i, item in enumerate(items):
+        v = item[key]
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise FormatError(f"element {section}[{i}].{key} is {v!r}, expected an integer or string id", path=path)
     return items
 
 
@@ -144,10 +154,19 @@ def load_coco(captions_json, instances_json, images_dir=None, *, link_categories
     cap_data = _read(captions_json, "COCO captions")
     ins_data = _read(instances_json, "COCO instances")
     caps = _check(cap_data, captions_json, "annotations", ("image_id", "caption", "id"))
-    images = {im["id"]: im for im in _check(cap_data, captions_json, "images", ("id", "file_name"))}
-    _check(ins_data, instances_json, "annotations", ("image_id", "bbox", "category_id"))
-    _check(ins_data, instances_json, "categories", ("id", "name"))
-    for im in _check(ins_data, instances_json, "images", ("id",)):
+    _ids(caps, captions_json, "annotations", "image_id")
+    images = {im["id"]: im for im in _ids(_check(cap_data, captions_json, "images", ("id", "file_name")),
+                                           captions_json, "images", "id")}
+    cap_images = set(images)
+    ins_anns = _check(ins_data, instances_json, "annotations", ("image_id", "bbox", "category_id"))
+    _ids(ins_anns, instances_json, "annotations", "image_id")
+    _ids(ins_anns, instances_json, "annotations", "category_id")
+    for i, c in enumerate(_ids(_check(ins_data, instances_json, "categories", ("id", "name")), instances_json,
+                               "categories", "id")):
+        if not isinstance(c["name"], str) or not simple_tokenize(c["name"]):
+            raise FormatError(f"element categories[{i}].name is {c['name']!r}, expected a non-empty string",
+                              path=instances_json)
+    for im in _ids(_check(ins_data, instances_json, "images", ("id",)), instances_json, "images", "id"):
         images.setdefault(im["id"], im)
     coco = _coco_index(ins_data)
     cats = {c["id"]: c for c in ins_data["categories"]}
@@ -161,9 +180,18 @@ def load_coco(captions_json, instances_json, images_dir=None, *, link_categories
                               path=captions_json)
         im = images[iid]
         if iid not in per_image:
-            per_image[iid] = _image_regions(coco, im, cats, instances_json, include_crowd, folder)
+            per_image[iid] = _image_regions(coco, im, cats, instances_json, include_crowd, folder,
+                                            captions_json if iid in cap_images else instances_json)
         regions, cat_boxes, path = per_image[iid]
-        tokens = tuple(simple_tokenize(str(ann["caption"])))
+        if not isinstance(ann["caption"], str):
+            raise FormatError(f"element annotations[{k}].caption is {type(ann['caption']).__name__} "
+                              f"{ann['caption']!r}, expected a string", path=captions_json)
+        if not isinstance(ann["id"], int) or isinstance(ann["id"], bool):
+            raise FormatError(f"element annotations[{k}].id is {ann['id']!r}, expected an integer",
+                              path=captions_json)
+        tokens = tuple(simple_tokenize(ann["caption"]))
+        if not tokens:
+            raise FormatError(f"element annotations[{k}].caption {ann['caption']!r} has no words", path=captions_json)
         phrases = []
         if link_categories and cat_boxes:
             names = {cid: tuple(simple_tokenize(cats[cid]["name"])) for cid in cat_boxes}
@@ -175,18 +203,34 @@ def load_coco(captions_json, instances_json, images_dir=None, *, link_categories
     return out
 
 
-def _image_regions(coco, im: dict, cats: dict, instances_json, include_crowd: bool, folder):
+def _image_regions(coco, im: dict, cats: dict, instances_json, include_crowd: bool, folder, source=None):
     iid = im["id"]
     if "height" not in im or "width" not in im:
         raise FormatError(f"image {iid} lacks 'height'/'width'", path=instances_json)
-    size = (int(im["height"]), int(im["width"]))
+    size = []
+    for key in ("height", "width"):
+        v = im[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0 or v != int(v):
+            raise FormatError(f"image {iid} has {key} {v!r}; expected a positive integer", path=instances_json)
+        size.append(int(v))
+    size = tuple(size)
     anns = [a for a in coco.imgToAnns.get(iid, []) if include_crowd or not a.get("iscrowd", 0)]
     for a in anns:
-        if len(a["bbox"]) != 4:
-            raise FormatError(f"annotation {a.get('id')} has bbox {a['bbox']!r}, expected [x, y, w, h]",
-                              path=instances_json)
-        if a["category_id"] not in cats:
-            raise FormatError(f"annotation {a.get('id')} has unknown category_id {a['category_id']}",
+        bbox = a["bbox"]
+        ok = isinstance(bbox, list) and len(bbox) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in bbox)
+        if not ok:
+            raise FormatError(f"annotation {a.get('id')} (image {iid}) has bbox {bbox!r}, expected four finite "
+                              f"numbers [x, y, w, h]", path=instances_json)
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise FormatError(f"annotation {a.get('id')} (image {iid}) has bbox {bbox!r} with a negative width or "
+                              f"height (an inverted box)", path=instances_json)
+        try:
+            known = a["category_id"] in cats
+        except TypeError:  # an unhashable category_id (a list, an object)
+            known = False
+        if not known:
+            raise FormatError(f"annotation {a.get('id')} has unknown category_id {a['category_id']!r}",
                               path=instances_json)
     boxes = xywh_to_xyxy([a["bbox"] for a in anns]) if anns else np.zeros((0, 4))
     boxes = clip_boxes(boxes, size, what=f"{instances_json} image {iid}")
@@ -198,7 +242,9 @@ def _image_regions(coco, im: dict, cats: dict, instances_json, include_crowd: bo
     cat_boxes = {c: np.stack(v) for c, v in cat_boxes.items()}
     path = None
     if folder is not None:
-        path = folder / str(im.get("file_name", ""))
+        # file_name comes from the JSON: it must name a file inside images_dir (no absolute path, no "..")
+        path = confine(im.get("file_name", ""), folder, source=source,
+                       what=f"images[id={iid}].file_name")
         if not path.is_file():
             raise MissingFileError(f"image {iid} not found", path=path)
     return regions, cat_boxes, path

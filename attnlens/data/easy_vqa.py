@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FormatError, require
+from ..errors import DTypeError, FormatError, ShapeError, require
+from ..params import int_param, real_param
 from ._files import progress_bar, require_path
 from .vocab import simple_tokenize
 
@@ -61,11 +62,20 @@ def shape_box(image: np.ndarray, threshold: int = 40) -> np.ndarray:
     [3.0, 2.0, 7.0, 5.0]
     """
     img = np.asarray(image)
+    if img.dtype.kind not in "biuf":
+        raise DTypeError(f"shape_box: image must hold numbers, got dtype {img.dtype}")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ShapeError(f"shape_box: image must be a non-empty [H, W, C] array, got shape {img.shape}")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise ShapeError("shape_box: image contains NaN or infinite values")
+    threshold = real_param(threshold, "threshold", "shape_box", lo=0)
     h, w = img.shape[:2]
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).reshape(-1, img.shape[-1])
     colours, counts = np.unique(border, axis=0, return_counts=True)
-    bg = colours[np.argmax(counts)].astype(np.int16)
-    fg = (np.abs(img.astype(np.int16) - bg) > threshold).any(axis=-1)
+    bg = colours[np.argmax(counts)].astype(np.float64 if img.dtype.kind == "f" else np.int64)
+    fg = (np.abs(img.astype(bg.dtype) - bg) > threshold).any(axis=-1)
     rows = np.flatnonzero(fg.any(axis=1))
     cols = np.flatnonzero(fg.any(axis=0))
     if len(rows) == 0:
@@ -95,6 +105,9 @@ def load_easy_vqa(split: str = "train", *, n: int | None = None, threshold: int 
         from ..errors import UnknownNameError
 
         raise UnknownNameError("easy-VQA split", split, ["train", "test"])
+    if n is not None:
+        n = int_param(n, "n", "load_easy_vqa", lo=0)
+    threshold = real_param(threshold, "threshold", "load_easy_vqa", lo=0)
     ev = require("easy_vqa", "easyvqa")
     texts, answers, image_ids = ev.get_train_questions() if split == "train" else ev.get_test_questions()
     paths = ev.get_train_image_paths() if split == "train" else ev.get_test_image_paths()
@@ -107,9 +120,13 @@ def load_easy_vqa(split: str = "train", *, n: int | None = None, threshold: int 
         if iid not in paths:
             raise FormatError(f"question refers to image {iid}, which the package does not ship")
         path = require_path(paths[iid], f"easy-VQA image {iid}")
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        except cv2.error as exc:
+            reason = (str(exc).strip().splitlines() or ["cv2 error"])[-1]
+            raise FormatError(f"unreadable image ({reason})", path=path) from None
         if bgr is None:
-            raise FormatError("unreadable image", path=path)
+            raise FormatError("unreadable image (not an image file?)", path=path)
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         rgb.setflags(write=False)
         box = shape_box(rgb, threshold)

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..geometry import clip_boxes, voc_to_xyxy
+from ..io import confine
 from ..types import GroundedCaption, Phrase
 from ._files import MissingFileError, progress_bar, require_path
 
@@ -94,7 +95,7 @@ def parse_sentences(path) -> list[tuple[list[str], list]]:
     path = require_path(path, "Flickr30K Entities sentences")
     out = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not a token
             lines = f.read().split("\n")
     except UnicodeDecodeError as exc:
         raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
@@ -109,9 +110,12 @@ def _number(parent: ET.Element, tag: str, path, where: str) -> float:
     if el is None or el.text is None or not el.text.strip():
         raise FormatError(f"missing <{tag}> in element {where}", path=path)
     try:
-        return float(el.text.strip())
+        value = float(el.text.strip())
     except ValueError:
         raise FormatError(f"element {where}/{tag} is not a number: {el.text.strip()!r}", path=path) from None
+    if not np.isfinite(value):
+        raise FormatError(f"element {where}/{tag} is not a finite number: {el.text.strip()!r}", path=path)
+    return value
 
 
 def _flag(obj: ET.Element, tag: str, path, where: str) -> bool:
@@ -144,14 +148,16 @@ def parse_annotation(path, image_size: tuple[int, int] | None = None) -> FlickrA
     size = root.find("size")
     if size is not None:
         w, h = _number(size, "width", path, "size"), _number(size, "height", path, "size")
-        if w <= 0 or h <= 0:
-            raise FormatError(f"element size has non-positive width/height {w}x{h}", path=path)
+        if w <= 0 or h <= 0 or w != int(w) or h != int(h):
+            raise FormatError(f"element size/width x height must be positive integers, got {w:g}x{h:g}", path=path)
         hw = (int(h), int(w))
     else:
         hw = image_size() if callable(image_size) else image_size
         if hw is None:
             raise FormatError("missing element <size> (and no image to read the size from)", path=path)
         hw = (int(hw[0]), int(hw[1]))
+        if hw[0] <= 0 or hw[1] <= 0:
+            raise FormatError(f"missing element <size> and the image size {hw} is not positive", path=path)
     ann = FlickrAnnotation(Path(path).stem, hw)
     lists: dict[str, list] = {}
     for k, obj in enumerate(root.findall("object")):
@@ -182,18 +188,41 @@ def parse_annotation(path, image_size: tuple[int, int] | None = None) -> FlickrA
 
 
 def image_path(root, image_id: str) -> Path:
-    """Path of an image: ``root/flickr30k-images/<image_id>.jpg``."""
-    return Path(root) / "flickr30k-images" / f"{image_id}.jpg"
+    """Path of an image: ``root/flickr30k-images/<image_id>.jpg`` (``image_id`` confined there).
+
+    Raises:
+        UnsafePathError: an id that is absolute or leaves the image folder (``../x``).
+    """
+    return confine(f"{image_id}.jpg", Path(root) / "flickr30k-images", what=f"image id {image_id!r}")
 
 
-def _split_ids(root: Path, split: str | None) -> list[str]:
+def _split_ids(root: Path, split: str | None) -> list[tuple[str, object, int | None]]:
+    """``(image_id, source file, line)`` of every image of the split; ids are plain file stems."""
     if split is None:
         folder = require_path(root / "Sentences", "Flickr30K Entities Sentences", folder=True)
         ids = [p.stem for p in folder.glob("*.txt")]
-        return sorted(ids, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-    path = require_path(root / f"{split}.txt", f"split {split!r}")
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+        ids = sorted(ids, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+        return [(i, folder, None) for i in ids]
+    if not isinstance(split, str):
+        raise FormatError(f"split must be a split name such as 'train', got {type(split).__name__} {split!r}")
+    path = require_path(confine(f"{split}.txt", root, what=f"split {split!r}"), f"split {split!r}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
+    out = []
+    for k, line in enumerate(lines, start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        # an id names files in three folders: it must be a plain name (no separators, no "..")
+        for sub, ext in (("Sentences", ".txt"), ("Annotations", ".xml"), ("flickr30k-images", ".jpg")):
+            confine(image_id + ext, root / sub, source=path, line=k, what="image id")
+        if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+            raise FormatError(f"image id {image_id!r} is not a plain file name", path=path, line=k)
+        out.append((image_id, path, k))
+    return out
 
 
 def load_flickr30k_entities(root, split: str | None = None, *, lowercase: bool = False,
@@ -218,6 +247,8 @@ def load_flickr30k_entities(root, split: str | None = None, *, lowercase: bool =
     Raises:
         MissingFileError: a missing folder, split file, annotation file or (with
             ``check_images``) image.
+        UnsafePathError: an image id in the split file (or a split name) that is absolute or
+            leaves its folder (``../x``); names the split file and line.
         FormatError: malformed markup (file and line) or XML (file and element).
 
     >>> import tempfile, pathlib
@@ -234,7 +265,7 @@ def load_flickr30k_entities(root, split: str | None = None, *, lowercase: bool =
     """
     root = require_path(root, "Flickr30K Entities root", folder=True)
     out: list[GroundedCaption] = []
-    for image_id in progress_bar(_split_ids(root, split), enabled=progress, desc="flickr30k entities"):
+    for image_id, _, _ in progress_bar(_split_ids(root, split), enabled=progress, desc="flickr30k entities"):
         if check_images and not image_path(root, image_id).is_file():
             raise MissingFileError(f"image of {image_id} not found", path=image_path(root, image_id))
         sentences = parse_sentences(root / "Sentences" / f"{image_id}.txt")
@@ -258,5 +289,9 @@ def _image_size(root: Path, image_id: str):
         return None
     import cv2
 
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    return None if img is None else img.shape[:2]
+    try:
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # a file of another kind under the image's name
+        reason = (str(exc).strip().splitlines() or ["cv2 error"])[-1]
+        raise FormatError(f"unreadable image ({reason})", path=p) from None
+    return None if img is None or img.ndim < 2 else img.shape[:2]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..errors import ShapeError, UnknownNameError
+from ..types import _as_boxes
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 #: RGB of each colour; far from each other and from the light-grey background.
@@ -60,10 +61,13 @@ class SceneObject:
     visible: float = 1.0
 
     def __post_init__(self):
-        box = np.array(self.box, dtype=np.float64)
-        if box.shape != (4,) or not np.isfinite(box).all():
+        box = np.asarray(self.box)
+        if box.shape != (4,):
             raise ShapeError(f"SceneObject.box must be one finite xyxy box, got {self.box!r}")
-        box.setflags(write=False)
+        try:
+            box = _as_boxes(box[None], "SceneObject.box")[0]   # finite, not inverted, a read-only copy
+        except ShapeError:
+            raise ShapeError(f"SceneObject.box must be one finite xyxy box, got {self.box!r}") from None
         object.__setattr__(self, "box", box)
 
     @property
@@ -94,12 +98,12 @@ class QuestionAnswer:
     kind: str = ""
 
     def __post_init__(self):
-        object.__setattr__(self, "tokens", tuple(self.tokens))
-        object.__setattr__(self, "object_ids", tuple(int(i) for i in self.object_ids))
-        boxes = np.array(self.boxes, dtype=np.float64).reshape(-1, 4) if len(self.boxes) else np.zeros((0, 4))
-        if not np.isfinite(boxes).all():
-            raise ShapeError("QuestionAnswer.boxes contains NaN or infinite coordinates")
-        boxes.setflags(write=False)
+        if type(self.tokens) is not tuple:
+            object.__setattr__(self, "tokens", tuple(self.tokens))
+        ids = self.object_ids
+        if type(ids) is not tuple or not all(type(i) is int for i in ids):
+            object.__setattr__(self, "object_ids", tuple(int(i) for i in ids))
+        boxes = _as_boxes(self.boxes, "QuestionAnswer.boxes")   # finite, not inverted, a read-only copy
         if len(boxes) != len(self.object_ids):
             raise ShapeError(f"QuestionAnswer has {len(self.object_ids)} object ids but {len(boxes)} boxes")
         object.__setattr__(self, "boxes", boxes)

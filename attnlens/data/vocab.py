@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
+
+import numpy as np
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..errors import FormatError, UnknownNameError
+from ..errors import DTypeError, FormatError, UnknownNameError
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 _WORD_ONLY = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _WORD_ANY_CASE = re.compile(_WORD.pattern.replace("a-z", "a-zA-Z"))
+_INVISIBLE = {0xFEFF: " ", 0x200B: " ", 0x200C: None, 0x200D: None, 0x2060: None}
 
 
 def simple_tokenize(text: str, *, punctuation: bool = True) -> list[str]:
@@ -33,7 +36,10 @@ def simple_tokenize(text: str, *, punctuation: bool = True) -> list[str]:
     >>> simple_tokenize("What is the blue shape?", punctuation=False)
     ['what', 'is', 'the', 'blue', 'shape']
     """
-    return (_WORD if punctuation else _WORD_ONLY).findall(text.lower())
+    if not isinstance(text, str):
+        raise DTypeError(f"simple_tokenize: text must be a string, got {type(text).__name__} {text!r}")
+    # a byte-order mark (or a zero-width space / joiner) is not a token of its own
+    return (_WORD if punctuation else _WORD_ONLY).findall(text.lower().translate(_INVISIBLE))
 
 
 def word_spans(text: str) -> list[tuple[str, int, int]]:
@@ -42,6 +48,9 @@ def word_spans(text: str) -> list[tuple[str, int, int]]:
     >>> word_spans("The left Cat.")
     [('the', 0, 3), ('left', 4, 8), ('cat', 9, 12), ('.', 12, 13)]
     """
+    if not isinstance(text, str):
+        raise DTypeError(f"word_spans: text must be a string, got {type(text).__name__} {text!r}")
+    text = text.translate({k: " " for k in _INVISIBLE})  # invisible characters are not tokens; spans kept
     return [(m.group(0).lower(), m.start(), m.end()) for m in _WORD_ANY_CASE.finditer(text)]
 
 
@@ -61,8 +70,11 @@ class Vocabulary:
         specials = [PAD, UNK] + ([START, END] if start_end else [])
         words = list(specials)
         seen = set(words)
-        for t in tokens:
-            t = str(t)
+        if isinstance(tokens, (str, bytes)):
+            raise DTypeError(f"Vocabulary: tokens must be a sequence of strings, got the string {tokens!r}")
+        for k, t in enumerate(tokens):
+            if not isinstance(t, str) or not t.strip().strip("\ufeff"):
+                raise DTypeError(f"Vocabulary: token {k} is {type(t).__name__} {t!r}, not a non-blank string")
             if t not in seen:
                 seen.add(t)
                 words.append(t)
@@ -99,8 +111,14 @@ class Vocabulary:
 
     def encode(self, tokens: Sequence[str], *, add_start_end: bool = False) -> list[int]:
         """Ids of ``tokens`` (unknown tokens -> ``unk_id``); optionally framed by start/end ids."""
+        if isinstance(tokens, (str, bytes)):
+            raise DTypeError(f"encode: tokens must be a sequence of strings, got the string {tokens!r} "
+                             f"(tokenise it first, e.g. simple_tokenize)")
         get, unk = self.word2idx.get, self.unk_id
-        ids = [get(t, unk) for t in tokens]
+        try:
+            ids = [get(t, unk) for t in tokens]
+        except TypeError:   # an unhashable token (a list ...)
+            raise DTypeError(f"encode: tokens must be strings, got {list(tokens)[:5]!r}") from None
         if add_start_end:
             if self.start_id is None or self.end_id is None:
                 raise UnknownNameError("special token", START, self.idx2word[:4])
@@ -118,6 +136,11 @@ class Vocabulary:
         out = []
         specials = {self.pad_id, self.unk_id, self.start_id, self.end_id}
         for i in ids:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                if isinstance(i, (float, np.floating)) and float(i).is_integer():
+                    i = int(i)
+                else:
+                    raise DTypeError(f"decode: ids must be integers, got {type(i).__name__} {i!r}")
             i = int(i)
             if not 0 <= i < len(self.idx2word):
                 raise UnknownNameError("token id", str(i), [f"0..{len(self.idx2word) - 1}"])
@@ -165,9 +188,10 @@ class Vocabulary:
             return cls.from_scan_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("idx2word"), list):
             raise FormatError("expected an object with an 'idx2word' list", path=path)
-        vocab = cls.__new__(cls)
-        vocab._init([str(w) for w in data["idx2word"]])
-        return vocab
+        for k, w in enumerate(data["idx2word"]):
+            if not isinstance(w, str) or not w.strip().strip("\ufeff"):
+                raise FormatError(f"element idx2word[{k}] is {w!r}, not a non-blank string", path=path)
+        return cls._from_list(list(data["idx2word"]), path)
 
     @classmethod
     def from_scan_json(cls, path) -> "Vocabulary":
@@ -176,10 +200,12 @@ class Vocabulary:
         if not isinstance(data, dict) or not isinstance(data.get("word2idx"), dict):
             raise FormatError("expected SCAN's vocabulary object with a 'word2idx' mapping", path=path)
         w2i = data["word2idx"]
-        try:
-            pairs = sorted((int(i), str(w)) for w, i in w2i.items())
-        except (TypeError, ValueError) as exc:
-            raise FormatError(f"word2idx has a non-integer id: {exc}", path=path) from None
+        for w, i in w2i.items():
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise FormatError(f"element word2idx[{w!r}] is {i!r}, not an integer id", path=path)
+            if not w.strip().strip("\ufeff"):
+                raise FormatError(f"element word2idx has a blank token {w!r} (id {i})", path=path)
+        pairs = sorted((i, w) for w, i in w2i.items())
         ids = [i for i, _ in pairs]
         if ids != list(range(len(ids))):
             missing = sorted(set(range(max(ids, default=-1) + 1)) - set(ids))[:5]
@@ -191,22 +217,33 @@ class Vocabulary:
                 if str(i2w.get(str(i), w)) != w:
                     raise FormatError(f"idx2word[{i}] = {i2w.get(str(i))!r} disagrees with word2idx ({w!r})",
                                       path=path)
+        if "idx" in data and (isinstance(data["idx"], bool) or not isinstance(data["idx"], int)):
+            raise FormatError(f"element idx is {data['idx']!r}, not an integer", path=path)
         if "idx" in data and int(data["idx"]) != len(pairs):
             raise FormatError(f"'idx' is {data['idx']} but word2idx has {len(pairs)} entries", path=path)
+        return cls._from_list([w for _, w in pairs], path)
+
+    @classmethod
+    def _from_list(cls, idx2word: list[str], path) -> "Vocabulary":
         vocab = cls.__new__(cls)
-        vocab._init([w for _, w in pairs])
+        try:
+            vocab._init(idx2word)
+        except FormatError as exc:   # duplicate or missing special tokens: name the file
+            raise FormatError(str(exc), path=path) from None
         return vocab
 
 
 def _read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    from ._files import require_path
+
+    path = require_path(path, "vocabulary")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
         raise FormatError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
 
 
 def scenes_vocabulary() -> Vocabulary:

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ShapeError, UnknownNameError
-from ..io import atomic_path, write_json
+from ..io import UnsafePathError, atomic_path, confine, write_json
 
 __all__ = ["DONE", "ENGINES", "PARTIAL", "SHARD", "clear_partials", "fingerprint", "job_done", "publish_outputs",
            "run_shards", "shard_name", "shard_plan", "shard_record", "write_npz_stream"]
@@ -91,7 +91,11 @@ def job_done(out: str | Path, fingerprint: str | None = None, outputs: Sequence[
         return None
     if not isinstance(record, dict) or (fingerprint is not None and record.get("fingerprint") != fingerprint):
         return None
-    if not all((out / name).is_file() for name in record.get("outputs", outputs)):
+    try:  # output names come from the run file: only files inside ``out`` count
+        if not all(confine(name, out, source=out / DONE, what="outputs entry").is_file()
+                   for name in record.get("outputs", outputs)):
+            return None
+    except (UnsafePathError, TypeError):
         return None
     return record
 

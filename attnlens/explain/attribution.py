@@ -26,10 +26,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExplainError, ShapeError, UnknownNameError, require
+from ..errors import DTypeError, ExplainError, NonFiniteError, ShapeError, UnknownNameError, require
+from ..params import int_param
 from .trace import default_target
 
 METHODS = ("input_x_gradient", "integrated_gradients", "feature_ablation", "gradcam")
@@ -37,6 +39,21 @@ METHODS = ("input_x_gradient", "integrated_gradients", "feature_ablation", "grad
 
 def _tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _real(x, what: str) -> torch.Tensor:
+    """``x`` as a finite real tensor; DTypeError / NonFiniteError naming ``what`` otherwise."""
+    if not isinstance(x, torch.Tensor):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise DTypeError(f"{what} must be a tensor or array of real numbers, got {type(x).__name__} "
+                             f"of dtype {arr.dtype}")
+        x = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
+    if x.is_complex():
+        raise DTypeError(f"{what} must be real numbers, got {x.dtype}")
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"{what} {tuple(x.shape)} contain NaN or infinite values")
+    return x
 
 
 def attributions(forward: Callable[..., torch.Tensor], inputs, method: str, *, aggregate: str = "sum",
@@ -50,11 +67,16 @@ def attributions(forward: Callable[..., torch.Tensor], inputs, method: str, *, a
     >>> attributions(lambda f: (f * torch.tensor([1.0, 3.0])).sum((1, 2)), x, "input_x_gradient")[0].tolist()
     [[4.0, 2.0]]
     """
+    if method not in METHODS:
+        raise UnknownNameError("attribution method", str(method), METHODS)
+    n_steps = int_param(n_steps, "n_steps", "attributions", lo=1)
+    if internal_batch_size is not None:
+        internal_batch_size = int_param(internal_batch_size, "internal_batch_size", "attributions", lo=1)
     captum_attr = require("captum.attr", "captum")
     xs = []
-    for x in _tuple(inputs):
-        x = torch.as_tensor(x).detach()
-        xs.append(x if x.is_floating_point() else x.float())
+    for i, x in enumerate(_tuple(inputs)):
+        x = _real(x, f"attributions: inputs[{i}]").detach()
+        xs.append(x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x)
     xs = tuple(xs)
     for x in xs:
         if x.ndim != 3:

@@ -18,7 +18,8 @@ import torch
 
 from .functional import faithfulness as _f
 from .functional import grounding as _g
-from .functional._common import REASONS, UNDEFINED
+from ..errors import UnknownNameError
+from .functional._common import NO_REGIONS, OK, REASONS, UNDEFINED
 
 
 def summarise(values: torch.Tensor, codes: torch.Tensor) -> dict:
@@ -38,8 +39,13 @@ class Metric:
     name = "metric"
     higher_is_better = True
     category = "grounding"
+    #: option names the metric accepts (an unknown one is an error, not silently ignored)
+    OPTIONS: tuple[str, ...] = ()
 
     def __init__(self, **options):
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise UnknownNameError(f"{type(self).__name__} option", unknown[0], self.OPTIONS)
         self.options = options
         self.reset()
 
@@ -76,14 +82,14 @@ class Metric:
 
 
 class PointingGame(Metric):
-    name, category = "pointing_game", "grounding"
+    name, category, OPTIONS = "pointing_game", "grounding", ("tolerance",)
 
     def _update(self, maps, masks):
         return _g._pointing_game_update(maps, masks, self.options.get("tolerance", 15))
 
 
 class RelevanceMassAccuracy(Metric):
-    name, category = "relevance_mass_accuracy", "grounding"
+    name, category, OPTIONS = "relevance_mass_accuracy", "grounding", ("negative",)
 
     def _update(self, maps, masks):
         return _g._relevance_mass_accuracy_update(maps, masks, self.options.get("negative", "raise"))
@@ -104,24 +110,32 @@ class MaskAUROC(Metric):
 
 
 class TopKIntersection(Metric):
-    name, category = "topk_intersection", "grounding"
+    name, category, OPTIONS = "topk_intersection", "grounding", ("k",)
 
     def _update(self, maps, masks):
         return _g._topk_intersection_update(maps, masks, self.options.get("k", 1000))
 
 
 class BoxAccuracy(Metric):
-    name, category = "box_accuracy", "grounding"
+    name, category, OPTIONS = "box_accuracy", "grounding", ("iou_threshold", "threshold", "method")
 
     def _update(self, maps, gt_boxes):
         return _g._box_accuracy_update(maps, gt_boxes, **self.options)
 
 
 class Top1RegionHit(Metric):
-    name, category = "top1_region_hit", "grounding"
+    name, category, OPTIONS = "top1_region_hit", "grounding", ("iou_threshold",)
 
     def _update(self, weights, boxes, gt_boxes, valid=None):
         return _g._top1_region_hit_update(weights, boxes, gt_boxes, self.options.get("iou_threshold", 0.5), valid)
+
+
+def _no_element_codes(importance, valid, values) -> torch.Tensor:
+    """Reason codes of a faithfulness batch: ``NO_REGIONS`` for an example without a valid element."""
+    if valid is None:
+        return torch.full((len(values),), OK, dtype=torch.long)
+    _, v = _f.check_importance(importance, valid)
+    return torch.where(v.any(1).cpu(), OK, NO_REGIONS)
 
 
 class _CurveAUC(Metric):
@@ -130,13 +144,14 @@ class _CurveAUC(Metric):
 
     category = "faithfulness"
     mode = "deletion"
+    OPTIONS = ("order", "steps", "batch_size", "seed", "progress")
 
     def _update(self, score, importance, valid=None):
         opts = {k: v for k, v in self.options.items() if k in ("steps", "batch_size", "seed", "progress")}
         order = self.options.get("order", "morf")
         c = _f.perturbation_curves(score, importance, valid=valid, modes=(self.mode,), orders=(order,),
                                    **opts)[(self.mode, order)]
-        return c.auc, torch.zeros(len(c.auc), dtype=torch.long)
+        return c.auc, _no_element_codes(importance, valid, c.auc)
 
 
 class DeletionAUC(_CurveAUC):
@@ -152,19 +167,20 @@ class InsertionAUC(_CurveAUC):
 
 
 class Comprehensiveness(Metric):
-    name, category = "comprehensiveness_aopc", "faithfulness"
+    name, category, OPTIONS = "comprehensiveness_aopc", "faithfulness", ("fractions", "batch_size", "progress")
 
     def _update(self, score, importance, valid=None):
         r = _f.eraser(score, importance, valid=valid, **self.options)
-        return r["comprehensiveness_aopc"], torch.zeros(len(r["full"]), dtype=torch.long)
+        return r["comprehensiveness_aopc"], _no_element_codes(importance, valid, r["full"])
 
 
 class Sufficiency(Metric):
     name, higher_is_better, category = "sufficiency_aopc", False, "faithfulness"
+    OPTIONS = ("fractions", "batch_size", "progress")
 
     def _update(self, score, importance, valid=None):
         r = _f.eraser(score, importance, valid=valid, **self.options)
-        return r["sufficiency_aopc"], torch.zeros(len(r["full"]), dtype=torch.long)
+        return r["sufficiency_aopc"], _no_element_codes(importance, valid, r["full"])
 
 
 __all__ = ["BoxAccuracy", "Comprehensiveness", "DeletionAUC", "InsertionAUC", "MaskAUROC", "Metric",

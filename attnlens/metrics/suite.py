@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import ShapeError, UnknownNameError
+from ..errors import DTypeError, ShapeError, UnknownNameError
+from ..params import int_param, real_param
 from ..geometry import regions_to_pixels, union_mask
 from .functional import faithfulness as F
 from .functional import grounding as G
@@ -79,6 +80,16 @@ class MetricSuite:
                  tolerance: float = 15, span: str = "head", k: int = 1000, iou_threshold: float = 0.5,
                  baselines: Sequence[str] = BASELINES, steps: int = 20, batch_size: int = 256,
                  n_subsets: int = 100, seed: int = 0, progress: bool = True):
+        for what, names in (("grounding", grounding), ("faithfulness", faithfulness), ("baselines", baselines)):
+            if isinstance(names, str):
+                raise DTypeError(f"MetricSuite: {what} must be a list of names, got the string {names!r}")
+        tolerance = real_param(tolerance, "tolerance", "MetricSuite", lo=0)
+        k = int_param(k, "k", "MetricSuite", lo=1)
+        iou_threshold = real_param(iou_threshold, "iou_threshold", "MetricSuite", lo=0, hi=1)
+        steps = int_param(steps, "steps", "MetricSuite", lo=1)
+        batch_size = int_param(batch_size, "batch_size", "MetricSuite", lo=1)
+        n_subsets = int_param(n_subsets, "n_subsets", "MetricSuite", lo=2)
+        seed = int_param(seed, "seed", "MetricSuite", lo=0)
         for m in grounding:
             if m not in GROUNDING:
                 raise UnknownNameError("grounding metric", m, GROUNDING)

@@ -10,6 +10,7 @@ cannot run code on load: any other pickled object is refused with a
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import re
 from pathlib import Path
@@ -29,9 +30,24 @@ def safe_load(path, map_location="cpu"):
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
+    except IsADirectoryError as exc:  # pragma: no cover - is_file() above
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from exc
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError, KeyError,
+            IndexError, OSError, ImportError, MemoryError, OverflowError) as exc:  # untrusted bytes fail in many ways
         raise CheckpointError(f"{path}: refused or unreadable with weights_only=True (only tensors, plain "
-                              f"containers and argparse.Namespace are allowed): {str(exc).splitlines()[0]}") from exc
+                              f"containers and argparse.Namespace are allowed): "
+                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc
+
+
+def _opt(opt, path) -> dict:
+    """The checkpoint's ``opt`` (an ``argparse.Namespace`` or a dict) as a dict."""
+    if opt is None:
+        return {}
+    if isinstance(opt, argparse.Namespace):
+        return vars(opt)
+    if isinstance(opt, dict):
+        return dict(opt)
+    raise CheckpointError(f"{path}: 'opt' must be an argparse.Namespace or a dict, got {type(opt).__name__}")
 
 
 def _load_into(module, state, what, path):
@@ -58,8 +74,11 @@ def load_scan_checkpoint(path, vocab_path=None, map_location="cpu"):
         raise CheckpointError(f"{path}: 'model' must be [image state dict, text state dict], got "
                               f"{type(model).__name__} of length {len(model) if hasattr(model, '__len__') else '-'}")
     img_state, txt_state = model[0], model[1]
-    opt = ckpt.get("opt")
-    opt = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+    for what, state in (("image", img_state), ("text", txt_state)):
+        bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{path}: the {what} state dict has entries that are not named tensors: {bad[:5]}")
+    opt = _opt(ckpt.get("opt"), path)
     for key, state in (("fc.weight", img_state), ("embed.weight", txt_state), ("rnn.weight_ih_l0", txt_state)):
         if key not in state:
             raise CheckpointError(f"{path}: missing key {key!r} (keys: {sorted(state)[:8]})")
@@ -108,18 +127,32 @@ def load_rcar_checkpoint(path, *, mode: str | None = None, steps: int | None = N
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (RCAR layout)")
-    opt = ckpt.get("opt")
-    opt = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+    bad = [str(k) for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: 'model' has entries that are not named tensors: {bad[:5]}")
+    opt = _opt(ckpt.get("opt"), path)
     mode = mode or opt.get("regulator", "coop_rcar")
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise CheckpointError(f"{path}: unknown regulator {mode!r}; valid: {sorted(MODES)}")
     if steps is None:
         key = {"rcr": "rcr_step", "rar": "rar_step", "rcar": "rcar_step"}[MODES[mode]]
         steps = opt.get(key)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise CheckpointError(f"{path}: opt steps must be a positive integer, got {steps!r}")
     direction = direction or opt.get("attn_type", "t2i")
+    if direction not in ("t2i", "i2t"):
+        raise CheckpointError(f"{path}: opt.attn_type must be 't2i' or 'i2t', got {direction!r}")
     smooth = opt.get(f"{direction}_smooth")
+    if smooth is not None:
+        try:
+            smooth = float(smooth)
+        except (TypeError, ValueError):
+            smooth = float("nan")
+        if not math.isfinite(smooth) or smooth <= 0:
+            raise CheckpointError(f"{path}: opt.{direction}_smooth must be a positive number, "
+                                  f"got {opt.get(f'{direction}_smooth')!r}")
     sim = from_reference(ckpt["model"], mode=mode, steps=steps, direction=direction,
-                         **({} if smooth is None else {"smooth": float(smooth)}))
+                         **({} if smooth is None else {"smooth": smooth}))
     rest = {k: v for k, v in ckpt["model"].items() if not k.startswith("sim_enc.")}
     meta = {k: ckpt[k] for k in ("epoch", "best_rsum", "Eiters") if k in ckpt}
     return sim, {**opt, **{f"_{k}": v for k, v in meta.items()}, "_encoder_state": rest}

@@ -18,6 +18,11 @@ def state_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor], *, show
     'missing from the checkpoint: bias; of another shape: weight: checkpoint (4, 2) vs model (3, 2)'
     """
     own = module.state_dict()
+    if not isinstance(state, Mapping):
+        return f"the state is a {type(state).__name__}, not a mapping of names to tensors"
+    odd = sorted(str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if odd:
+        return f"entries that are not named tensors: {', '.join(odd[:shown])}"
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -33,7 +33,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from ..errors import FormatError
-from ..io import write_text
+from ..io import confine, write_text
 
 __all__ = ["ReportFigure", "ReportInput", "render_html", "render_markdown", "write_report", "load_report_input",
            "format_cell", "format_seed_spread", "seed_counts", "seed_note", "metric_table", "ranking_table",
@@ -426,9 +426,8 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
 
 
 def _html_figure(fig: ReportFigure, base_dir: Path) -> str:
-    path = Path(fig.path)
-    if not path.is_absolute():
-        path = base_dir / path
+    # the path comes from a run file: only files inside the run directory are embedded
+    path = confine(fig.path, base_dir, source=base_dir / "report_input.json", what="figure path")
     if not path.exists():
         return f'<p class="note warn">Figure missing: {_e(fig.path)}</p>'
     return (f'<figure><img src="{_img_data_uri(path)}" alt="{_e(fig.caption or fig.path)}">'

@@ -60,14 +60,28 @@ def write_json(path: str | Path, data: Any) -> None:
     _atomic_write(Path(path), write)
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, *, kind: type | None = None) -> Any:
+    """Parse a JSON file of a run; ``kind`` (e.g. ``dict``) is the top-level type it must have.
+
+    Raises:
+        CheckpointError: the file does not exist (or is a directory).
+        FormatError: not UTF-8, invalid JSON, or a top level of another type (file and line).
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise FormatError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
+    if kind is not None and not isinstance(data, kind):
+        raise FormatError(f"expected a JSON {'object' if kind is dict else kind.__name__} at the top level, got "
+                          f"{type(data).__name__}", path=path)
+    return data
 
 
 def rng_state() -> dict:
@@ -130,13 +144,26 @@ def clear_checkpoint(run_dir: str | Path) -> None:
 
 
 def read_config(run_dir: str | Path) -> dict:
-    """The ``config.json`` of a run."""
-    return read_json(Path(run_dir) / CONFIG_FILE)
+    """The ``config.json`` of a run (a JSON object)."""
+    return read_json(Path(run_dir) / CONFIG_FILE, kind=dict)
 
 
 def read_state(run_dir: str | Path) -> dict:
-    """The ``state.json`` of a run (``epoch``, ``history``, RNG states)."""
-    return read_json(Path(run_dir) / STATE_FILE)
+    """The ``state.json`` of a run (``epoch``, ``history``, RNG states).
+
+    Raises:
+        FormatError: naming the file and the field, when ``epoch`` is not a non-negative integer
+            or ``history`` is not a list of objects.
+    """
+    path = Path(run_dir) / STATE_FILE
+    state = read_json(path, kind=dict)
+    epoch = state.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise FormatError(f"field 'epoch' must be a non-negative integer, got {epoch!r}", path=path)
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise FormatError("field 'history' must be a list of objects (one per epoch)", path=path)
+    return state
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -166,6 +193,8 @@ def load_checkpoint(run_dir: str | Path, model: nn.Module, *, device: str | torc
     load_state_strict(model, {k: v.to(device) for k, v in tensors.items()},
                       f"{path} does not fit {type(model).__name__} (another architecture or config?)")
     state = read_state(run_dir) if (run_dir.is_dir() and (run_dir / STATE_FILE).exists()) else {}
+    if "epoch" in meta and not str(meta["epoch"]).isdigit():
+        raise CheckpointError(f"{path}: metadata field 'epoch' is {meta['epoch']!r}, not an epoch number")
     if state and "epoch" in meta and int(meta["epoch"]) != int(state.get("epoch", -1)):
         raise CheckpointError(f"{run_dir}: weights are from epoch {meta['epoch']} but state.json says epoch "
                               f"{state.get('epoch')} (interrupted while writing?); rerun with resume=False")
@@ -182,10 +211,21 @@ def load_trainer_state(run_dir: str | Path, optimizer: torch.optim.Optimizer | N
         trainer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({exc})") from None
-    if optimizer is not None:
-        optimizer.load_state_dict(trainer["optimizer"])
-    rng = dict(read_state(run_dir)["rng"])
-    rng["torch"] = trainer["torch_rng"]
-    if trainer.get("cuda_rng"):
-        rng["cuda"] = trainer["cuda_rng"]
-    set_rng_state(rng)
+    if not isinstance(trainer, dict) or not {"optimizer", "torch_rng"} <= set(trainer):
+        raise CheckpointError(f"{path}: expected a dict with 'optimizer' and 'torch_rng', got "
+                              f"{sorted(trainer) if isinstance(trainer, dict) else type(trainer).__name__}")
+    state = read_state(run_dir)
+    if not isinstance(state.get("rng"), dict):
+        raise FormatError("field 'rng' is missing or not an object: cannot resume the RNG state",
+                          path=Path(run_dir) / STATE_FILE)
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(trainer["optimizer"])
+        rng = dict(state["rng"])
+        rng["torch"] = trainer["torch_rng"]
+        if trainer.get("cuda_rng"):
+            rng["cuda"] = trainer["cuda_rng"]
+        set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{run_dir}: the optimizer or RNG state does not fit ({type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [repr(exc)])[0]}); rerun with resume=False") from None

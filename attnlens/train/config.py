@@ -4,6 +4,9 @@ Each task has a config dataclass (subclass of :class:`TrainConfig`) and presets
 (``quick``: seconds, for tests; ``demo``: about a minute per model on 2 CPU cores, what the
 study uses; ``full``: the best numbers this machine can reach in minutes). Overrides are plain
 dicts; an unknown key raises :class:`~attnlens.errors.UnknownNameError` listing the valid keys.
+Every value is checked on construction: a value of the wrong type (``"10"`` epochs, a list for a
+number) raises :class:`~attnlens.errors.DTypeError`, a non-finite or out-of-range one (``epochs <=
+0``, a NaN learning rate) :class:`~attnlens.errors.ParameterError`, both naming the key.
 
 >>> cfg = MatchingConfig.preset("quick").replace(epochs=1)
 >>> MatchingConfig.from_dict(cfg.to_dict()) == cfg
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from ..errors import FormatError, ShapeError, UnknownNameError
+from ..errors import DTypeError, FormatError, ParameterError, ShapeError, UnknownNameError
 
 PRESETS = ("quick", "demo", "full")
 
@@ -72,6 +75,18 @@ class TrainConfig:
     scene_options: dict = field(default_factory=dict)
     threads: int = 1
 
+    #: lower bounds of numeric fields (inclusive unless listed in _OPEN); subclasses may extend
+    _MIN: ClassVar[dict[str, float]] = {"epochs": 1, "batch_size": 1, "lr": 0, "lr_decay_epoch": 0, "lr_decay": 0,
+                                        "grad_clip": 0, "n_train": 1, "n_test": 1, "threads": 0}
+    _OPEN: ClassVar[tuple[str, ...]] = ("lr", "lr_decay")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_field(type(self).task, f, value, self._MIN.get(f.name), f.name in self._OPEN)
+            if isinstance(value, float) and isinstance(f.default, int) and not isinstance(f.default, bool):
+                object.__setattr__(self, f.name, int(value))   # 3.0 epochs (e.g. from JSON) is 3
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (tuples become lists), with ``task`` added."""
@@ -85,6 +100,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Build from a dict (as written by :meth:`to_dict`); unknown keys raise."""
+        if not isinstance(d, Mapping):
+            raise DTypeError(f"{cls.task} config must be a mapping of keys to values, got {type(d).__name__}")
         d = dict(d)
         task = d.pop("task", cls.task)
         if task != cls.task:
@@ -116,12 +133,23 @@ class TrainConfig:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FormatError(f"invalid JSON config: {exc.msg}", path=path, line=exc.lineno) from None
-        return cls.from_dict(data)
+        if not isinstance(data, dict):
+            raise FormatError(f"a config must be a JSON object, got {type(data).__name__}", path=path)
+        try:
+            return cls.from_dict(data)
+        except (DTypeError, ParameterError, UnknownNameError, ShapeError) as exc:
+            raise FormatError(str(exc), path=path) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        return cls.from_json(path.read_text(), path=path)
+        from ..data._files import require_path
+
+        path = require_path(path, f"{cls.task} config")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
+        return cls.from_json(text, path=path)
 
     @classmethod
     def preset(cls, name: str = "demo") -> "TrainConfig":
@@ -134,6 +162,46 @@ class TrainConfig:
         """Preset, then ``overrides`` on top (an override dict may carry ``task``)."""
         cfg = cls.preset(preset)
         return cfg.replace(**dict(overrides or {})) if overrides else cfg
+
+
+def _check_field(task: str, f: dataclasses.Field, value: Any, lo: float | None, open_lo: bool) -> None:
+    """Type and range of one config value, judged from the field's default (and annotation)."""
+    import math
+    import numbers
+
+    where = f"{task} config key {f.name!r}"
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+    optional = default is None or "None" in str(f.type)
+    if value is None:
+        if not optional:
+            raise DTypeError(f"{where} must not be null")
+        return
+    kind = type(default) if default is not None else None
+    ann = str(f.type)
+    if kind is None:   # an Optional field: take the annotation's type
+        kind = int if ann.startswith("int") else float if ann.startswith("float") else dict if ann.startswith(
+            "dict") else str if ann.startswith("str") else None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise DTypeError(f"{where} must be true or false, got {type(value).__name__} {value!r}")
+        return
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise DTypeError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(float(value)):
+            raise ParameterError(f"{where} must be a finite number, got {value!r}")
+        if kind is int and float(value) != int(value):
+            raise ParameterError(f"{where} must be a whole number, got {value!r}")
+        if lo is not None and (value <= lo if open_lo else value < lo):
+            raise ParameterError(f"{where} must be {'>' if open_lo else '>='} {lo:g}, got {value!r}")
+        return
+    if kind is str and not isinstance(value, str):
+        raise DTypeError(f"{where} must be a string, got {type(value).__name__} {value!r}")
+    if kind is dict and not isinstance(value, dict):
+        raise DTypeError(f"{where} must be an object (dict), got {type(value).__name__} {value!r}")
+    if kind in (tuple, list) and not isinstance(value, (tuple, list)):
+        raise DTypeError(f"{where} must be a list, got {type(value).__name__} {value!r}")
 
 
 #: per-alignment options of the matching demo/full presets (see MatchingConfig)

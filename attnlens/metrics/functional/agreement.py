@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ...errors import ShapeError
-from ._common import as_tensor
+from ...errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
+from ._common import as_tensor, check_bool, check_real, int_param
 
 METHODS = ("input_x_gradient", "integrated_gradients", "feature_ablation")
 
@@ -37,14 +37,36 @@ def _tuple(x, n=None):
 from ...explain.attribution import attributions  # noqa: E402
 
 
+def _vector(x, what: str) -> np.ndarray:
+    """A finite 1-D float64 array (NaN/inf would silently sort first or last)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.float() if x.dtype == torch.bfloat16 else x
+        x = x.numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(f"{what} must be numbers ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim != 1:
+        raise ShapeError(f"{what} must be 1-D, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise NonFiniteError(f"{what} contains NaN or infinite values")
+    return arr
+
+
 def topk_overlap(a, b, k: int) -> float:
     """``|top_k(a) & top_k(b)| / k`` for 1-D arrays (stable descending sort, k capped at len).
 
     >>> topk_overlap(np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0]), 2)
     0.5
     """
-    a, b = np.asarray(a), np.asarray(b)
-    k = min(int(k), len(a))
+    a, b = _vector(a, "topk_overlap: a"), _vector(b, "topk_overlap: b")
+    if a.shape != b.shape:
+        raise ShapeError(f"topk_overlap: a {a.shape} and b {b.shape} must have the same length")
+    k = min(int_param(k, "k", "topk_overlap", lo=1), len(a))
     if k < 1:
         return float("nan")
     ta = set(np.argsort(-a, kind="stable")[:k].tolist())
@@ -60,9 +82,13 @@ def rank_agreement(attention: np.ndarray, attribution: np.ndarray, k: int = 3) -
     """
     from scipy.stats import kendalltau, spearmanr
 
-    a, b = np.asarray(attention, dtype=np.float64), np.asarray(attribution, dtype=np.float64)
+    a, b = _vector(attention, "rank_agreement: attention"), _vector(attribution, "rank_agreement: attribution")
+    if a.shape != b.shape:
+        raise ShapeError(f"rank_agreement: attention {a.shape} and attribution {b.shape} must have the same length")
+    if len(a) == 0:
+        return {"kendall_tau": float("nan"), "spearman": float("nan"), "topk_overlap": float("nan")}
     out = {"kendall_tau": float("nan"), "spearman": float("nan"), "topk_overlap": topk_overlap(a, b, k)}
-    if len(a) > 1 and np.ptp(a) > 0 and np.ptp(b) > 0:
+    if len(a) > 1 and a.max() > a.min() and b.max() > b.min():   # (ptp could overflow)
         out["kendall_tau"] = float(kendalltau(a, b, variant="b").statistic)
         out["spearman"] = float(spearmanr(a, b).statistic)
     return out
@@ -108,14 +134,27 @@ def attribution_agreement(forward: Callable[..., torch.Tensor], inputs, attentio
         raise ShapeError(f"attribution_agreement: {len(_tuple(valid))} valid masks for {len(xs)} inputs")
     names = list(names) if names is not None else (["region", "word", "input2", "input3"][:len(xs)]
                                                    if len(xs) <= 4 else [f"input{i}" for i in range(len(xs))])
-    atts = [as_tensor(a, "attention").detach().double().cpu() for a in atts]
+    if len(names) != len(xs):
+        raise ShapeError(f"attribution_agreement: {len(names)} names for {len(xs)} inputs")
+    if isinstance(methods, str):
+        raise DTypeError(f"attribution_agreement: methods must be a list of names, got the string {methods!r}")
+    for m in methods:
+        if m not in METHODS:
+            raise UnknownNameError("attribution method", str(m), METHODS)
+    k = int_param(k, "k", "attribution_agreement", lo=1)
+    xs = tuple(as_tensor(x, "attribution_agreement: inputs") for x in xs)
+    atts = [check_real(as_tensor(a, "attribution_agreement: attention").detach(), "attribution_agreement: attention",
+                       finite=False).double().cpu() for a in atts]
     vs = []
     for x, a, v in zip(xs, atts, vals):
         if tuple(a.shape) != tuple(x.shape[:2]):
             raise ShapeError(f"attribution_agreement: attention {tuple(a.shape)} does not fit inputs {tuple(x.shape)}")
-        v = torch.ones_like(a, dtype=torch.bool) if v is None else as_tensor(v, "valid").bool().cpu()
+        v = torch.ones_like(a, dtype=torch.bool) if v is None else check_bool(v, "attribution_agreement: valid").cpu()
         if v.shape != a.shape:
             raise ShapeError(f"attribution_agreement: valid {tuple(v.shape)} and attention {tuple(a.shape)} differ")
+        if not bool(torch.isfinite(a[v]).all()):
+            raise NonFiniteError(f"attribution_agreement: attention {tuple(a.shape)} has NaN or infinite values at "
+                                 f"valid elements")
         vs.append(v)
     rows = []
     for method in methods:
@@ -123,6 +162,9 @@ def attribution_agreement(forward: Callable[..., torch.Tensor], inputs, attentio
                             internal_batch_size=internal_batch_size)
         for name, a, v, b in zip(names, atts, vs, attr):
             b = b.cpu()
+            if not bool(torch.isfinite(b[v]).all()):
+                raise NonFiniteError(f"attribution_agreement: the {method} attributions of input {name!r} have NaN "
+                                     f"or infinite values (non-finite model output or gradients)")
             for i in range(len(a)):
                 m = v[i].numpy()
                 r = rank_agreement(a[i].numpy()[m], b[i].numpy()[m], k)

@@ -12,8 +12,12 @@ from typing import Sequence
 
 import torch
 
-from ...errors import UnknownNameError
-from ._common import as_tensor
+from ...errors import ShapeError, UnknownNameError
+from ._common import check_bool, int_param, real_param
+
+
+def _size(n, height, width, fn: str) -> tuple[int, int, int]:
+    return (int_param(n, "n", fn, lo=0), int_param(height, "height", fn, lo=1), int_param(width, "width", fn, lo=1))
 from .grounding import (mask_auroc, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy,
                         topk_intersection)
 
@@ -26,6 +30,7 @@ def uniform_map(n: int, height: int, width: int) -> torch.Tensor:
     >>> uniform_map(1, 2, 2).tolist()
     [[[0.25, 0.25], [0.25, 0.25]]]
     """
+    n, height, width = _size(n, height, width, "uniform_map")
     return torch.full((n, height, width), 1.0 / (height * width), dtype=torch.float64)
 
 
@@ -35,6 +40,8 @@ def centre_map(n: int, height: int, width: int, sigma: float = 0.25) -> torch.Te
     >>> m = centre_map(1, 5, 5); int(m[0].argmax())
     12
     """
+    n, height, width = _size(n, height, width, "centre_map")
+    sigma = real_param(sigma, "sigma", "centre_map", lo=0, lo_open=True)
     s = sigma * min(height, width)
     r = torch.arange(height, dtype=torch.float64) + 0.5 - height / 2
     c = torch.arange(width, dtype=torch.float64) + 0.5 - width / 2
@@ -48,7 +55,8 @@ def random_map(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     >>> bool((random_map(1, 3, 3, seed=1) == random_map(1, 3, 3, seed=1)).all())
     True
     """
-    g = torch.Generator().manual_seed(int(seed))
+    n, height, width = _size(n, height, width, "random_map")
+    g = torch.Generator().manual_seed(int_param(seed, "seed", "random_map"))
     return torch.rand(n, height, width, generator=g, dtype=torch.float64)
 
 
@@ -68,7 +76,8 @@ _METRICS = {
     "relevance_mass_accuracy": lambda m, g, o: relevance_mass_accuracy(m, g),
     "relevance_rank_accuracy": lambda m, g, o: relevance_rank_accuracy(m, g),
     "mask_auroc": lambda m, g, o: mask_auroc(m, g),
-    "topk_intersection": lambda m, g, o: topk_intersection(m, g, k=min(o.get("k", 1000), m.shape[1] * m.shape[2])),
+    "topk_intersection": lambda m, g, o: topk_intersection(
+        m, g, k=min(int_param(o.get("k", 1000), "k", "grounding_baselines", lo=1), m.shape[1] * m.shape[2])),
 }
 
 
@@ -94,10 +103,20 @@ def grounding_baselines(masks, metrics: Sequence[str] = ("pointing_game", "relev
     >>> r["uniform"]["pointing_game"].tolist(), r["centre"]["pointing_game"].tolist()
     ([0.0], [0.0])
     """
-    masks = as_tensor(masks, "grounding_baselines: masks").bool()
+    masks = check_bool(masks, "grounding_baselines: masks")
+    if masks.ndim != 3:
+        raise ShapeError(f"grounding_baselines: masks must be [N, H, W], got shape {tuple(masks.shape)}")
+    if isinstance(metrics, str) or isinstance(baselines, str):
+        raise UnknownNameError("grounding metric list (a list of names, not a string)", str(metrics), _METRICS)
     for m in metrics:
         if m not in _METRICS:
             raise UnknownNameError("grounding metric", m, _METRICS)
+    for b in baselines:
+        if b not in BASELINES:
+            raise UnknownNameError("baseline", b, BASELINES)
+    unknown = sorted(set(options) - {"tolerance", "k"})
+    if unknown:
+        raise UnknownNameError("grounding_baselines option", unknown[0], ("tolerance", "k"))
     n, h, w = masks.shape
     out = {}
     for b in baselines:

@@ -10,24 +10,59 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...errors import ShapeError
-from ._common import DEGENERATE_BOX, NO_REGIONS, NON_POSITIVE, as_tensor
+from ...errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
+from ._common import DEGENERATE_BOX, NO_REGIONS, NON_POSITIVE, as_tensor, check_bool, check_real, real_param
 from ._common import first_argmax as _first_argmax
+
+
+def _real_array(x, what: str) -> np.ndarray:
+    """``x`` as a float64 array of real numbers (strings, None, complex -> DTypeError)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        x = x.numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(f"{what} must be an array of numbers ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _check_boxes(b: np.ndarray, what: str) -> np.ndarray:
+    """Refuse NaN/inf coordinates and inverted boxes (``x2 < x1`` or ``y2 < y1``) of ``b [..., 4]``."""
+    if b.size and not np.isfinite(b).all():
+        raise NonFiniteError(f"{what} contain NaN or infinite coordinates")
+    if b.size and ((b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1])).any():
+        bad = np.argwhere((b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1]))[0].tolist()
+        raise ShapeError(f"{what} contain an inverted box (x2 < x1 or y2 < y1) at index {bad}")
+    return b
 
 
 def _gt_boxes(gt_boxes, n: int, fn: str) -> list[np.ndarray]:
     if isinstance(gt_boxes, (torch.Tensor, np.ndarray)):
-        arr = np.asarray(gt_boxes.detach().cpu() if isinstance(gt_boxes, torch.Tensor) else gt_boxes,
-                         dtype=np.float64)
+        arr = _real_array(gt_boxes, f"{fn}: gt_boxes")
         if arr.ndim == 2:
             arr = arr[:, None]
         if arr.ndim != 3 or arr.shape[-1] != 4:
             raise ShapeError(f"{fn}: gt_boxes must be [N, 4], [N, G, 4] or a list of [n_i, 4], got {arr.shape}")
         gt = list(arr)
     else:
-        gt = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in gt_boxes]
+        if isinstance(gt_boxes, (str, bytes)) or not hasattr(gt_boxes, "__len__"):
+            raise DTypeError(f"{fn}: gt_boxes must be an array or a list of [n_i, 4] arrays, got "
+                             f"{type(gt_boxes).__name__}")
+        gt = []
+        for i, b in enumerate(gt_boxes):
+            b = _real_array(b, f"{fn}: gt_boxes[{i}]")
+            if b.size % 4:
+                raise ShapeError(f"{fn}: gt_boxes[{i}] of shape {b.shape} is not a list of xyxy boxes")
+            gt.append(b.reshape(-1, 4))
     if len(gt) != n:
         raise ShapeError(f"{fn}: {len(gt)} ground-truth box sets for {n} examples")
+    for i, b in enumerate(gt):
+        _check_boxes(b, f"{fn}: gt_boxes[{i}]")
     return gt
 
 
@@ -48,7 +83,14 @@ def map_to_box(m: np.ndarray, threshold: float = 0.5, method: str = "component")
     """
     from scipy import ndimage
 
-    m = np.asarray(m, dtype=np.float64)
+    m = _real_array(m, "map_to_box: m")
+    if m.ndim != 2 or m.size == 0:
+        raise ShapeError(f"map_to_box: m must be a non-empty [H, W] map, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise NonFiniteError(f"map_to_box: m {m.shape} contains NaN or infinite values")
+    threshold = real_param(threshold, "threshold", "map_to_box", lo=0, hi=1)
+    if method not in ("component", "peak"):
+        raise UnknownNameError("map_to_box method", str(method), ("component", "peak"))
     peak = m.max()
     if not peak > 0:
         return None
@@ -58,8 +100,8 @@ def map_to_box(m: np.ndarray, threshold: float = 0.5, method: str = "component")
     elif method == "component":
         sizes = np.bincount(labels.reshape(-1), minlength=k + 1)[1:]
         keep = int(np.argmax(sizes)) + 1
-    else:
-        raise ShapeError(f"map_to_box: method must be 'component' or 'peak', got {method!r}")
+    else:  # pragma: no cover - checked above
+        raise UnknownNameError("map_to_box method", str(method), ("component", "peak"))
     rr, cc = np.nonzero(labels == keep)
     return np.array([cc.min(), rr.min(), cc.max() + 1, rr.max() + 1], dtype=np.float64)
 
@@ -70,6 +112,13 @@ def _box_accuracy_update(maps, gt_boxes, iou_threshold=0.5, threshold=0.5, metho
     maps = as_tensor(maps, "box_accuracy: maps")
     if maps.ndim != 3:
         raise ShapeError(f"box_accuracy: maps must be [N, H, W], got shape {tuple(maps.shape)}")
+    if maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ShapeError(f"box_accuracy: maps {tuple(maps.shape)} have no pixels (H = 0 or W = 0)")
+    maps = check_real(maps, "box_accuracy: maps")     # the same rule as every grounding metric
+    iou_threshold = real_param(iou_threshold, "iou_threshold", "box_accuracy", lo=0, hi=1)
+    threshold = real_param(threshold, "threshold", "box_accuracy", lo=0, hi=1)
+    if method not in ("component", "peak"):
+        raise UnknownNameError("box_accuracy method", str(method), ("component", "peak"))
     gt = _gt_boxes(gt_boxes, len(maps), "box_accuracy")
     arr = maps.detach().double().cpu().numpy()
     out = np.full(len(arr), np.nan)
@@ -112,18 +161,23 @@ def box_accuracy(maps, gt_boxes, iou_threshold: float = 0.5, threshold: float = 
 def _top1_region_hit_update(weights, boxes, gt_boxes, iou_threshold=0.5, valid=None):
     from ...geometry import box_iou
 
-    w = as_tensor(weights, "top1_region_hit: weights")
+    w = check_real(as_tensor(weights, "top1_region_hit: weights"), "top1_region_hit: weights", finite=False)
     if w.ndim != 2:
         raise ShapeError(f"top1_region_hit: weights must be [N, R], got shape {tuple(w.shape)}")
-    b = as_tensor(boxes, "top1_region_hit: boxes").double()
+    b = torch.from_numpy(_real_array(boxes, "top1_region_hit: boxes"))
     if b.ndim == 2:
         b = b.expand(len(w), *b.shape)
     if b.shape != (*w.shape, 4):
         raise ShapeError(f"top1_region_hit: weights {tuple(w.shape)} need boxes [N, R, 4], got {tuple(b.shape)}")
     n = len(w)
-    v = torch.ones_like(w, dtype=torch.bool) if valid is None else as_tensor(valid, "valid").bool()
+    v = torch.ones_like(w, dtype=torch.bool) if valid is None else check_bool(valid, "top1_region_hit: valid")
     if v.shape != w.shape:
         raise ShapeError(f"top1_region_hit: weights {tuple(w.shape)} and valid {tuple(v.shape)} differ")
+    iou_threshold = real_param(iou_threshold, "iou_threshold", "top1_region_hit", lo=0, hi=1)
+    v = v.to(w.device)
+    if not bool(torch.isfinite(w[v]).all()):
+        raise NonFiniteError(f"top1_region_hit: weights {tuple(w.shape)} have NaN or infinite values at valid regions")
+    _check_boxes(b.numpy()[v.cpu().numpy()], "top1_region_hit: boxes (of valid regions)")
     gt = _gt_boxes(gt_boxes, n, "top1_region_hit")
     ww = torch.where(v, w.double(), -torch.inf)
     top = _first_argmax(ww).cpu().numpy()

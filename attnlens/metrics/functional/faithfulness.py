@@ -17,6 +17,13 @@ Conventions: at fraction ``f`` of a curve, ``k = floor(f * n_valid + 1/2)`` elem
 ties), ``lerf`` (least relevant first) or ``random`` (seeded). AUC is the trapezoid over the
 fraction axis [0, 1] (RISE's normalised convention). ERASER bins use ``k = max(1, floor(f * n +
 1/2))`` elements.
+
+**Empty element set.** An example without a valid element has nothing to remove or keep: every
+function gives NaN for it (curve AUC, ERASER scores and AOPC, faithfulness correlation), the
+same convention everywhere. Parameters are checked (``steps >= 1``, fractions finite in
+``[0, 1]``, ``n_subsets >= 2``, ``batch_size >= 1``); a bad one raises
+:class:`~attnlens.errors.ParameterError` naming it. Importance must be finite at valid elements
+and the score function must return finite numbers (:class:`~attnlens.errors.NonFiniteError`).
 """
 from __future__ import annotations
 
@@ -25,8 +32,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ...errors import NonFiniteError, ShapeError, UnknownNameError
-from ._common import as_tensor, chunks
+from ...errors import DTypeError, NonFiniteError, ParameterError, ShapeError, UnknownNameError
+from ._common import as_tensor, check_bool, check_real, chunks, int_param, real_param
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ORDERS = ("morf", "lerf", "random")
@@ -58,13 +65,14 @@ def check_importance(importance, valid=None, fn: str = "faithfulness"):
     imp = as_tensor(importance, f"{fn}: importance")
     if imp.ndim != 2:
         raise ShapeError(f"{fn}: importance must be [N, R], got shape {tuple(imp.shape)}")
-    imp = imp.detach().double()
+    imp = check_real(imp.detach(), f"{fn}: importance", finite=False).double()
     if valid is None:
         v = torch.ones_like(imp, dtype=torch.bool)
     else:
-        v = as_tensor(valid, f"{fn}: valid").bool()
+        v = check_bool(valid, f"{fn}: valid")
         if v.shape != imp.shape:
             raise ShapeError(f"{fn}: importance {tuple(imp.shape)} and valid {tuple(v.shape)} must match")
+        v = v.to(imp.device)
     if not bool(torch.isfinite(imp[v]).all()):
         raise NonFiniteError(f"{fn}: importance {tuple(imp.shape)} has NaN/inf at valid elements")
     return imp, v.to(imp.device)
@@ -73,6 +81,7 @@ def check_importance(importance, valid=None, fn: str = "faithfulness"):
 def score_rows(score: ScoreFn, keep: torch.Tensor, index: torch.Tensor, batch_size: int = 256,
                progress: bool = False, desc: str = "scoring") -> torch.Tensor:
     """Call ``score`` on ``keep`` ``[M, R]`` / ``index`` ``[M]`` in chunks; returns ``[M]`` float64."""
+    batch_size = int_param(batch_size, "batch_size", "score_rows", lo=1)
     out = torch.empty(len(keep), dtype=torch.float64)
     pieces = list(chunks(len(keep), batch_size))
     if progress:
@@ -80,11 +89,16 @@ def score_rows(score: ScoreFn, keep: torch.Tensor, index: torch.Tensor, batch_si
         pieces = tqdm(pieces, desc=desc, leave=False)
     with torch.no_grad():
         for sl in pieces:
-            y = torch.as_tensor(score(keep[sl], index[sl]))
+            y = as_tensor(score(keep[sl], index[sl]), "the score function's output")
             if y.shape != (sl.stop - sl.start,):
                 raise ShapeError(f"score(keep {tuple(keep[sl].shape)}, index {tuple(index[sl].shape)}) must return "
                                  f"[{sl.stop - sl.start}], got {tuple(y.shape)}")
-            out[sl] = y.detach().double().cpu()
+            y = check_real(y.detach(), "the score function's output", finite=False).double().cpu()
+            if not bool(torch.isfinite(y).all()):
+                bad = torch.nonzero(~torch.isfinite(y)).reshape(-1)[:5] + sl.start
+                raise NonFiniteError(f"score(keep, index) returned NaN or infinite values (rows {bad.tolist()}, "
+                                     f"examples {index[bad].tolist()})")
+            out[sl] = y
     return out
 
 
@@ -100,7 +114,7 @@ def element_order(importance, valid=None, order: str = "morf", seed: int = 0) ->
     elif order == "lerf":
         key = torch.where(v, imp, torch.inf)
     elif order == "random":
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(int_param(seed, "seed", "element_order"))
         key = torch.where(v, torch.rand(imp.shape, generator=g, dtype=torch.float64).to(imp.device), torch.inf)
     else:
         raise UnknownNameError("order", order, ORDERS)
@@ -118,11 +132,18 @@ def curve_auc(values, fractions=None) -> torch.Tensor:
     >>> curve_auc(torch.tensor([1.0, 0.5, 0.0])).item()
     0.5
     """
-    v = as_tensor(values, "curve_auc: values").double()
+    v = check_real(as_tensor(values, "curve_auc: values"), "curve_auc: values", finite=False).double()
+    if v.ndim == 0 or v.shape[-1] < 2:
+        raise ShapeError(f"curve_auc: a curve needs at least 2 points, got values of shape {tuple(v.shape)}")
     x = torch.linspace(0, 1, v.shape[-1], dtype=torch.float64) if fractions is None else \
-        as_tensor(fractions, "curve_auc: fractions").double()
-    if x.shape[-1] != v.shape[-1]:
+        check_real(as_tensor(fractions, "curve_auc: fractions"), "curve_auc: fractions").double()
+    if x.ndim != 1 and tuple(x.shape) != tuple(v.shape):
+        raise ShapeError(f"curve_auc: fractions must be [S + 1] or shaped like values {tuple(v.shape)}, got "
+                         f"{tuple(x.shape)}")
+    if x.ndim == 0 or x.shape[-1] != v.shape[-1]:
         raise ShapeError(f"curve_auc: values {tuple(v.shape)} and fractions {tuple(x.shape)} differ in length")
+    if bool((x.diff(dim=-1) < 0).any()):
+        raise ShapeError(f"curve_auc: fractions must be non-decreasing, got {x.tolist()}")
     return torch.trapezoid(v, x=x, dim=-1)
 
 
@@ -146,9 +167,17 @@ def perturbation_curves(score: ScoreFn, importance, *, valid=None, modes: Sequen
         ``{(mode, order): Curve}``.
     """
     imp, v = check_importance(importance, valid, "perturbation_curves")
+    if isinstance(modes, str) or isinstance(orders, str):
+        raise DTypeError(f"perturbation_curves: modes and orders must be sequences of names, got {modes!r}, "
+                         f"{orders!r}")
     for m in modes:
         if m not in MODES:
             raise UnknownNameError("curve mode", m, MODES)
+    for o in orders:
+        if o not in ORDERS:
+            raise UnknownNameError("order", o, ORDERS)
+    steps = int_param(steps, "steps", "perturbation_curves", lo=1)
+    batch_size = int_param(batch_size, "batch_size", "perturbation_curves", lo=1)
     n, r = imp.shape
     fr = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
     k = _counts(fr, v.sum(1)).to(imp.device)  # [N, S+1]
@@ -157,7 +186,7 @@ def perturbation_curves(score: ScoreFn, importance, *, valid=None, modes: Sequen
         pos = element_order(imp, v, o, seed)[:, None, :]  # [N, 1, R]
         for m in modes:
             kk = (pos >= k[:, :, None]) if m == "deletion" else (pos < k[:, :, None])
-            keeps.append((kk & v[:, None, :]).reshape(-1, r))
+            keeps.append((kk & v[:, None, :]).reshape(n * len(fr), r))
             keys.append((m, o))
     keep = torch.cat(keeps)
     index = torch.arange(n, device=imp.device).repeat_interleave(len(fr)).repeat(len(keys))
@@ -166,7 +195,9 @@ def perturbation_curves(score: ScoreFn, importance, *, valid=None, modes: Sequen
     rows, inverse = torch.unique(torch.cat([index[:, None], keep.long()], dim=1), dim=0, return_inverse=True)
     y = score_rows(score, rows[:, 1:].bool(), rows[:, 0], batch_size, progress, "curves")
     y = y[inverse.cpu()].reshape(len(keys), n, len(fr))
-    return {key: Curve(fr, y[i], curve_auc(y[i], fr), key[0], key[1]) for i, key in enumerate(keys)}
+    none = (v.sum(1) == 0).cpu()   # no valid element: nothing to remove, the AUC is undefined (as in eraser)
+    return {key: Curve(fr, y[i], torch.where(none, torch.nan, curve_auc(y[i], fr)), key[0], key[1])
+            for i, key in enumerate(keys)}
 
 
 def deletion_curve(score: ScoreFn, importance, *, valid=None, order: str = "morf", steps: int = 20,
@@ -211,13 +242,20 @@ def eraser(score: ScoreFn, importance, *, valid=None, fractions: Sequence[float]
     ([1.0], [0.0])
     """
     imp, v = check_importance(importance, valid, "eraser")
+    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__"):
+        raise DTypeError(f"eraser: fractions must be a sequence of numbers, got {fractions!r}")
+    fractions = [real_param(f, f"fractions[{i}]", "eraser", lo=0, hi=1, lo_open=True)
+                 for i, f in enumerate(fractions)]
+    if not fractions:
+        raise ShapeError("eraser: fractions is empty; give at least one bin, e.g. (0.1,)")
+    batch_size = int_param(batch_size, "batch_size", "eraser", lo=1)
     n, r = imp.shape
     nv = v.sum(1)
     fr = torch.as_tensor(list(fractions), dtype=torch.float64)
     k = torch.minimum(_counts(fr, nv).clamp(min=1), nv[:, None]).to(imp.device)  # [N, K]
     pos = element_order(imp, v, "morf")[:, None, :]
     top = (pos < k[:, :, None]) & v[:, None, :]
-    keep = torch.cat([v, (v[:, None, :] & ~top).reshape(-1, r), top.reshape(-1, r)])
+    keep = torch.cat([v, (v[:, None, :] & ~top).reshape(n * len(fr), r), top.reshape(n * len(fr), r)])
     kk = len(fr)
     ar = torch.arange(n, device=imp.device)
     index = torch.cat([ar, ar.repeat_interleave(kk), ar.repeat_interleave(kk)])
@@ -244,14 +282,16 @@ def leave_one_out(score: ScoreFn, importance_shape_or_valid, *, batch_size: int 
     [[0.0, 2.0, 0.0]]
     """
     if isinstance(importance_shape_or_valid, tuple):
-        v = torch.ones(importance_shape_or_valid, dtype=torch.bool)
+        shape = tuple(int_param(d, "importance_shape_or_valid", "leave_one_out", lo=0)
+                      for d in importance_shape_or_valid)
+        v = torch.ones(shape, dtype=torch.bool)
     else:
-        v = as_tensor(importance_shape_or_valid, "leave_one_out: valid").bool()
+        v = check_bool(importance_shape_or_valid, "leave_one_out: valid")
     if v.ndim != 2:
         raise ShapeError(f"leave_one_out: valid must be [N, R], got shape {tuple(v.shape)}")
     n, r = v.shape
     eye = torch.eye(r, dtype=torch.bool, device=v.device)
-    keep = torch.cat([v, (v[:, None, :] & ~eye[None]).reshape(-1, r)])
+    keep = torch.cat([v, (v[:, None, :] & ~eye[None]).reshape(n * r, r)])
     ar = torch.arange(n, device=v.device)
     y = score_rows(score, keep, torch.cat([ar, ar.repeat_interleave(r)]), batch_size, progress, "leave-one-out")
     out = y[:n, None] - y[n:].reshape(n, r)
@@ -272,6 +312,13 @@ def faithfulness_correlation(score: ScoreFn, importance, *, valid=None, n_subset
     1.0
     """
     imp, v = check_importance(importance, valid, "faithfulness_correlation")
+    n_subsets = int_param(n_subsets, "n_subsets", "faithfulness_correlation", lo=2)
+    subset_size = real_param(subset_size, "subset_size", "faithfulness_correlation", lo=0, lo_open=True)
+    if subset_size >= 1 and subset_size != int(subset_size):
+        raise ParameterError(f"faithfulness_correlation: subset_size must be a fraction in (0, 1) or a whole "
+                             f"number of elements, got {subset_size}")
+    seed = int_param(seed, "seed", "faithfulness_correlation")
+    batch_size = int_param(batch_size, "batch_size", "faithfulness_correlation", lo=1)
     n, r = imp.shape
     nv = v.sum(1)
     size = (torch.floor(subset_size * nv.double() + 0.5).long() if subset_size < 1
@@ -282,21 +329,40 @@ def faithfulness_correlation(score: ScoreFn, importance, *, valid=None, n_subset
     key = torch.where(v[:, None, :], key, torch.inf)
     rank = torch.argsort(torch.argsort(key, dim=2), dim=2)
     subset = (rank < size[:, None, None]) & v[:, None, :]  # [N, S, R]
-    keep = torch.cat([v, (v[:, None, :] & ~subset).reshape(-1, r)])
+    keep = torch.cat([v, (v[:, None, :] & ~subset).reshape(n * n_subsets, r)])
     ar = torch.arange(n, device=imp.device)
     y = score_rows(score, keep, torch.cat([ar, ar.repeat_interleave(n_subsets)]), batch_size, progress,
                    "faithfulness correlation")
     drop = (y[:n, None] - y[n:].reshape(n, n_subsets))
+    top = imp.abs().amax(1, keepdim=True) if r else torch.ones(n, 1, dtype=imp.dtype, device=imp.device)
+    big = top > 1e100   # sums of such masses could overflow; the correlation is scale-free
+    imp = torch.where(big, imp / torch.where(big, top, 1.0), imp)
     mass = (imp[:, None, :] * subset).sum(2).cpu()
-    return pearson_rows(mass, drop)
+    out = pearson_rows(mass, drop)
+    return torch.where((nv == 0).cpu(), torch.nan, out)
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise Pearson correlation of ``[N, S]`` tensors; NaN for a constant row."""
-    a = a.double() - a.double().mean(1, keepdim=True)
-    b = b.double() - b.double().mean(1, keepdim=True)
+    """Row-wise Pearson correlation of ``[N, S]`` tensors; NaN for a constant row.
+
+    Rows of extreme magnitude (whose products would overflow or underflow float64) are first
+    divided by their largest absolute value: the correlation is scale-free.
+
+    >>> a = torch.tensor([[1.0, 2.0, 3.0], [1e300, 2e300, 3e300]], dtype=torch.float64)
+    >>> pearson_rows(a, torch.tensor([[2.0, 4.0, 7.0]] * 2))
+    tensor([0.9934, 0.9934], dtype=torch.float64)
+    """
+    a, b = a.double(), b.double()
+    if a.numel():
+        for x in (a, b):
+            m = x.abs().amax(1, keepdim=True)
+            extreme = (m > 1e100) | ((m < 1e-100) & (m > 0))
+            if bool(extreme.any()):
+                x.copy_(torch.where(extreme, x / torch.where(m > 0, m, 1.0), x))
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
     den = torch.sqrt((a * a).sum(1) * (b * b).sum(1))
-    scale = torch.maximum(a.abs().amax(1), b.abs().amax(1))
+    scale = torch.maximum(a.abs().amax(1), b.abs().amax(1)) if a.numel() else torch.zeros(len(a), dtype=a.dtype)
     ok = den > 1e-12 * scale.clamp(min=1e-300) ** 2
     return torch.where(ok, (a * b).sum(1) / torch.where(ok, den, 1.0), torch.nan)
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...errors import ShapeError
-from ._common import EMPTY_MASK, FULL_MASK, OK, ZERO_MASS, check_maps, chunks
+from ...errors import ParameterError, ShapeError, UnknownNameError
+from ._common import EMPTY_MASK, FULL_MASK, OK, ZERO_MASS, check_maps, chunks, int_param, real_param
 from ._common import first_argmax as _first_argmax
 # the box-based metrics live in .boxes (re-exported here: one import for every grounding metric)
 from .boxes import _box_accuracy_update, _top1_region_hit_update, box_accuracy, map_to_box, top1_region_hit  # noqa: F401
@@ -47,8 +47,7 @@ def _rows(maps: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- pointing game
 def _pointing_game_update(maps, masks, tolerance: float):
     maps, masks = check_maps(maps, masks, "pointing_game")
-    if tolerance < 0:
-        raise ShapeError(f"pointing_game: tolerance must be >= 0, got {tolerance}")
+    tolerance = real_param(tolerance, "tolerance", "pointing_game", lo=0)
     n, h, w = maps.shape
     out = torch.empty(n, dtype=torch.float64)
     rows = torch.arange(h, device=maps.device, dtype=torch.float64)
@@ -63,7 +62,7 @@ def _pointing_game_update(maps, masks, tolerance: float):
             d2 = (rows[None, :, None] - pr[:, None, None]) ** 2 + (cols[None, None, :] - pc[:, None, None]) ** 2
             hit = (masks[sl] & (d2 < float(tolerance) ** 2)).reshape(-1, h * w).any(1)
         out[sl] = hit.double().cpu()
-    empty = ~masks.reshape(n, -1).any(1).cpu()
+    empty = ~masks.reshape(n, maps.shape[1] * maps.shape[2]).any(1).cpu()
     out[empty] = float("nan")
     return out, torch.where(empty, EMPTY_MASK, OK)
 
@@ -90,13 +89,13 @@ def pointing_game(maps, masks, tolerance: float = 15) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- mass accuracy
 def _nonnegative(maps: torch.Tensor, negative: str, fn: str) -> torch.Tensor:
-    if negative not in NEGATIVE:
-        raise ShapeError(f"{fn}: negative must be one of {NEGATIVE}, got {negative!r}")
-    if float(maps.amin()) < 0:
+    if not isinstance(negative, str) or negative not in NEGATIVE:
+        raise UnknownNameError(f"{fn} negative= option", str(negative), NEGATIVE)
+    if maps.numel() and float(maps.amin()) < 0:
         if negative == "raise":
-            bad = torch.nonzero((maps < 0).reshape(len(maps), -1).any(1)).reshape(-1)[:5].tolist()
-            raise ValueError(f"{fn}: maps {tuple(maps.shape)} have negative values (examples {bad}); "
-                             f"pass negative='clip' or negative='abs'")
+            bad = torch.nonzero((maps < 0).reshape(len(maps), maps.shape[1] * maps.shape[2]).any(1)).reshape(-1)[:5].tolist()
+            raise ParameterError(f"{fn}: maps {tuple(maps.shape)} have negative values (examples {bad}); "
+                                 f"pass negative='clip' or negative='abs'")
         maps = maps.clamp(min=0) if negative == "clip" else maps.abs()
     return maps
 
@@ -106,11 +105,18 @@ def _relevance_mass_accuracy_update(maps, masks, negative: str = "raise"):
     maps = _nonnegative(maps, negative, "relevance_mass_accuracy")
     n = len(maps)
     a = _np_rows(maps)
-    g = masks.detach().reshape(n, -1).cpu().numpy()
-    inside = torch.from_numpy(np.where(g, a, 0).sum(1, dtype=np.float64))
-    total = torch.from_numpy(a.sum(1, dtype=np.float64))
+    g = masks.detach().reshape(n, maps.shape[1] * maps.shape[2]).cpu().numpy()
+    with np.errstate(over="ignore"):
+        inside = np.where(g, a, 0).sum(1, dtype=np.float64)
+        total = a.sum(1, dtype=np.float64)
+    over = ~np.isfinite(total)   # finite maps whose float64 sum overflows: the ratio is scale-free,
+    if over.any():               # so sum those rows divided by their maximum instead
+        scaled = a[over].astype(np.float64) / a[over].max(1, keepdims=True)
+        inside[over] = np.where(g[over], scaled, 0).sum(1)
+        total[over] = scaled.sum(1)
+    inside, total = torch.from_numpy(inside), torch.from_numpy(total)
     masks = masks.cpu()
-    empty = ~masks.reshape(n, -1).any(1)
+    empty = ~masks.reshape(n, maps.shape[1] * maps.shape[2]).any(1)
     zero = total <= 0
     out = torch.where(zero | empty, torch.nan, inside / torch.where(zero, 1.0, total))
     code = torch.where(empty, EMPTY_MASK, torch.where(zero, ZERO_MASS, OK))
@@ -142,7 +148,7 @@ energy_pointing_game = relevance_mass_accuracy
 # --------------------------------------------------------------------------- rank-based
 def _np_rows(maps: torch.Tensor) -> np.ndarray:
     """``[n, H*W]`` numpy view/copy of the maps (float32 or float64; exact for narrower floats)."""
-    flat = maps.detach().reshape(len(maps), -1).cpu()
+    flat = maps.detach().reshape(len(maps), maps.shape[1] * maps.shape[2]).cpu()
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat.double()
     return flat.numpy()
@@ -155,7 +161,7 @@ def _top_hits(maps: torch.Tensor, masks: torch.Tensor, k) -> torch.Tensor:
     using selection (``np.partition``, linear time) instead of a full sort.
     """
     a = _np_rows(maps)
-    g = masks.detach().reshape(len(maps), -1).cpu().numpy()
+    g = masks.detach().reshape(len(maps), maps.shape[1] * maps.shape[2]).cpu().numpy()
     n, m = a.shape
     k = np.broadcast_to(np.asarray(k, dtype=np.int64), (n,))
     kk = np.clip(k, 1, m)
@@ -180,7 +186,7 @@ def _top_hits(maps: torch.Tensor, masks: torch.Tensor, k) -> torch.Tensor:
 def _relevance_rank_accuracy_update(maps, masks):
     maps, masks = check_maps(maps, masks, "relevance_rank_accuracy")
     n = len(maps)
-    k = masks.reshape(n, -1).sum(1)
+    k = masks.reshape(n, maps.shape[1] * maps.shape[2]).sum(1)
     out = torch.empty(n, dtype=torch.float64)
     for sl in chunks(n, _rows(maps)):
         out[sl] = _top_hits(maps[sl], masks[sl], k[sl].cpu().numpy()).double() / k[sl].cpu().clamp(min=1).double()
@@ -205,6 +211,7 @@ def relevance_rank_accuracy(maps, masks) -> torch.Tensor:
 
 
 def _topk_intersection_update(maps, masks, k: int):
+    k = int_param(k, "k", "topk_intersection")
     maps, masks = check_maps(maps, masks, "topk_intersection")
     n, h, w = maps.shape
     if not 1 <= int(k) <= h * w:
@@ -212,7 +219,7 @@ def _topk_intersection_update(maps, masks, k: int):
     out = torch.empty(n, dtype=torch.float64)
     for sl in chunks(n, _rows(maps)):
         out[sl] = _top_hits(maps[sl], masks[sl], int(k)).double() / int(k)
-    empty = ~masks.reshape(n, -1).any(1).cpu()
+    empty = ~masks.reshape(n, maps.shape[1] * maps.shape[2]).any(1).cpu()
     out[empty] = float("nan")
     return out, torch.where(empty, EMPTY_MASK, OK)
 
@@ -235,7 +242,7 @@ def _mann_whitney_u(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     it by one batched binary search (``torch.searchsorted``) over positives padded per row.
     """
     a = _np_rows(maps)
-    g = masks.detach().reshape(len(maps), -1).cpu().numpy()
+    g = masks.detach().reshape(len(maps), maps.shape[1] * maps.shape[2]).cpu().numpy()
     n = len(a)
     negs = torch.from_numpy(np.sort(np.where(g, np.inf, a), axis=1))   # each row's negatives first, sorted
     npos = g.sum(1)
@@ -255,7 +262,7 @@ def _mann_whitney_u(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def _mask_auroc_update(maps, masks):
     maps, masks = check_maps(maps, masks, "mask_auroc")
     n = len(maps)
-    flat_m = masks.reshape(n, -1)
+    flat_m = masks.reshape(n, maps.shape[1] * maps.shape[2])
     npos = flat_m.sum(1).double()
     nneg = flat_m.shape[1] - npos
     out = torch.empty(n, dtype=torch.float64)

@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ...errors import ShapeError
-from ._common import as_tensor, chunks
+from ...errors import DTypeError, NonFiniteError, ShapeError
+from ._common import as_tensor, check_bool, check_real, chunks, int_param
 
 
 def permutation_test(score_with_attention: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], attention, *,
@@ -49,11 +49,19 @@ def permutation_test(score_with_attention: Callable[[torch.Tensor, torch.Tensor]
     att = as_tensor(attention, "permutation_test: attention")
     if att.ndim != 2:
         raise ShapeError(f"permutation_test: attention must be [N, R], got shape {tuple(att.shape)}")
+    att = check_real(att, "permutation_test: attention", finite=False)
+    n_permutations = int_param(n_permutations, "n_permutations", "permutation_test", lo=1)
+    batch_size = int_param(batch_size, "batch_size", "permutation_test", lo=1)
+    seed = int_param(seed, "seed", "permutation_test")
     n, r = att.shape
-    v = torch.ones_like(att, dtype=torch.bool) if valid is None else as_tensor(valid, "valid").bool()
+    v = torch.ones_like(att, dtype=torch.bool) if valid is None else check_bool(valid, "permutation_test: valid")
     if v.shape != att.shape:
         raise ShapeError(f"permutation_test: attention {tuple(att.shape)} and valid {tuple(v.shape)} differ")
-    g = torch.Generator().manual_seed(int(seed))
+    v = v.to(att.device)
+    if not bool(torch.isfinite(att[v]).all()):
+        raise NonFiniteError(f"permutation_test: attention {tuple(att.shape)} has NaN or infinite values at valid "
+                             f"elements")
+    g = torch.Generator().manual_seed(seed)
     key = torch.rand((n, n_permutations, r), generator=g, dtype=torch.float64)
     key = torch.where(v[:, None, :].cpu(), key, torch.inf)
     # positions in a random order, valid ones first (invalid ones last, ascending)
@@ -63,7 +71,7 @@ def permutation_test(score_with_attention: Callable[[torch.Tensor, torch.Tensor]
     full = att[:, None, :].expand(n, n_permutations, r)
     shuffled = torch.empty_like(full).scatter(2, vpos[:, None, :].expand(n, n_permutations, r),
                                               full.gather(2, perm))
-    rows = torch.cat([att, shuffled.reshape(-1, r)])
+    rows = torch.cat([att, shuffled.reshape(n * n_permutations, r)])
     ar = torch.arange(n, device=att.device)
     index = torch.cat([ar, ar.repeat_interleave(n_permutations)])
     y = torch.empty(len(rows), dtype=torch.float64)
@@ -73,22 +81,28 @@ def permutation_test(score_with_attention: Callable[[torch.Tensor, torch.Tensor]
         pieces = tqdm(pieces, desc="permutations", leave=False)
     with torch.no_grad():
         for sl in pieces:
-            out = torch.as_tensor(score_with_attention(rows[sl], index[sl]))
+            out = as_tensor(score_with_attention(rows[sl], index[sl]), "score_with_attention output")
             if out.shape != (sl.stop - sl.start,):
                 raise ShapeError(f"score_with_attention must return [{sl.stop - sl.start}], got {tuple(out.shape)}")
-            y[sl] = out.detach().double().cpu()
+            out = check_real(out.detach(), "score_with_attention output").double().cpu()
+            y[sl] = out
     changes = (y[n:].reshape(n, n_permutations) - y[:n, None]).abs()
-    return {"median_change": changes.median(1).values, "max_attention": torch.where(v, att, -torch.inf).amax(1)
-            .double().cpu(), "original": y[:n], "changes": changes}
+    none = ~v.any(1).cpu()   # no valid element: nothing to permute, undefined
+    med = changes.median(1).values if n else torch.empty(0, dtype=torch.float64)
+    mx = torch.where(v, att, -torch.inf).amax(1).double().cpu() if r else torch.full((n,), -torch.inf,
+                                                                                      dtype=torch.float64)
+    return {"median_change": torch.where(none, torch.nan, med), "max_attention": torch.where(none, torch.nan, mx),
+            "original": y[:n], "changes": changes}
 
 
 def _spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     from scipy.stats import spearmanr
 
     out = np.full(len(a), np.nan)
-    for i, (x, y) in enumerate(zip(a.reshape(len(a), -1).numpy(), b.reshape(len(b), -1).numpy())):
+    width = int(np.prod(a.shape[1:]))
+    for i, (x, y) in enumerate(zip(a.reshape(len(a), width).numpy(), b.reshape(len(b), width).numpy())):
         ok = np.isfinite(x) & np.isfinite(y)
-        if ok.sum() > 1 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+        if ok.sum() > 1 and x[ok].max() > x[ok].min() and y[ok].max() > y[ok].min():
             out[i] = spearmanr(x[ok], y[ok]).statistic
     return out
 
@@ -134,7 +148,13 @@ def model_randomisation(model: torch.nn.Module | Callable[[], torch.nn.Module],
     """
     import pandas as pd
 
+    seed = int_param(seed, "seed", "model_randomisation")
+    if isinstance(layers, str):
+        raise DTypeError(f"model_randomisation: layers must be a list of module names, got the string {layers!r}")
     base = model() if not isinstance(model, torch.nn.Module) else copy.deepcopy(model)
+    if not isinstance(base, torch.nn.Module):
+        raise DTypeError(f"model_randomisation: model must be an nn.Module or a factory of one, got "
+                         f"{type(base).__name__}")
     base.eval()
     mods = dict(_layers(base))
     names = list(reversed(list(mods))) if layers is None else list(layers)
@@ -142,12 +162,17 @@ def model_randomisation(model: torch.nn.Module | Callable[[], torch.nn.Module],
     if missing:
         raise ShapeError(f"model_randomisation: no module owning parameters named {missing}; valid: {list(mods)}")
     with torch.no_grad():
-        ref = torch.as_tensor(explain(base)).detach().double().cpu()
+        ref = check_real(as_tensor(explain(base), "explain(model)").detach(), "explain(model)", finite=False)
+        ref = ref.double().cpu()
+    if ref.ndim == 0:
+        raise ShapeError("model_randomisation: explain(model) must return [N, ...] (one explanation per example), "
+                         "got a scalar")
     rows = []
     for step, name in enumerate(names, start=1):
         _reinit(mods[name], seed + step - 1)
         with torch.no_grad():
-            cur = torch.as_tensor(explain(base)).detach().double().cpu()
+            cur = check_real(as_tensor(explain(base), "explain(model)").detach(), "explain(model)", finite=False)
+            cur = cur.double().cpu()
         if cur.shape != ref.shape:
             raise ShapeError(f"model_randomisation: explanation changed shape {tuple(ref.shape)} -> {tuple(cur.shape)}")
         for i, rho in enumerate(_spearman_rows(ref, cur)):
