@@ -219,3 +219,16 @@ def test_randomisation_check_reports_a_method_that_cannot_run_instead_of_hiding_
     table = randomisation_check(sim, scan_inputs(), ["raw", "gradcam"])
     assert table.set_index("method").loc["raw", "error"] == ""
     assert table.set_index("method").loc["gradcam", "error"] == ""
+
+
+@pytest.mark.parametrize("alignment", __import__("attnlens").align.available())
+def test_every_alignment_function_is_explained(alignment):
+    torch.manual_seed(0)
+    sim = ScanSimilarity("t2i", dim=8, alignment=alignment).double()
+    inputs = scan_inputs(3)
+    gw = ex.explain(sim, inputs, "gradient_weighted")
+    axg = ex.explain(sim, inputs, "attention_x_gradient")
+    raw = ex.explain(sim, inputs, "raw")
+    assert torch.isfinite(gw.weights).all() and gw.weights.min() >= 0
+    torch.testing.assert_close(gw.weights, axg.weights)   # one cross-attention step: Rhat = I
+    torch.testing.assert_close(raw.weights.sum(-1), torch.ones(2, 4, dtype=torch.float64))
