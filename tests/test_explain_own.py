@@ -91,7 +91,27 @@ def test_vqa_gives_a_one_row_question_map_and_explains_the_answer_logit():
     chosen = ex.explain(model, inputs, "attention_x_gradient", target=lambda o: o.logits.max(-1).values)
     torch.testing.assert_close(amap.weights, chosen.weights)
     ig = ex.explain(model, inputs, "integrated_gradients", n_steps=16)
-    assert ig.dims == ("batch", "output", "region") and ig.meta["features"] == "layer:image"
+    assert ig.dims == ("batch", "output", "region") and ig.meta["features"] == "argument:attend@1"
+
+
+def test_vqa_on_regions_input_x_gradient_of_the_attended_features():
+    from attnlens.models.vqa import VQAModel
+
+    torch.manual_seed(0)
+    model = VQAModel(20, 5, alignment="general", dim=8, image="regions",
+                     region_options=dict(channels=(4, 8), pool=(2, 2))).eval()
+    g = torch.Generator().manual_seed(5)
+    boxes = torch.tensor([[[0., 0., 8., 8.], [4., 4., 16., 16.], [0., 8., 8., 16.]]] * 2)
+    inputs = dict(tokens=torch.randint(1, 20, (3, 4), generator=g), lengths=torch.tensor([4, 2, 3]),
+                  images=torch.rand(2, 3, 16, 16, generator=g), boxes=boxes, image_index=torch.tensor([0, 1, 1]))
+    amap = ex.explain(model, inputs, "input_x_gradient")
+    assert amap.shape == {"batch": 3, "output": 1, "region": 3}
+    _, q = model.question(inputs["tokens"], inputs["lengths"])
+    feats, mask = model.encode_image(inputs["images"], boxes)
+    feats = feats[inputs["image_index"]].detach().requires_grad_(True)
+    top = model.answer(q.detach(), feats, mask[inputs["image_index"]]).logits.max(-1).values
+    (grad,) = torch.autograd.grad(top.sum(), feats)
+    torch.testing.assert_close(amap.weights[:, 0], (feats * grad).sum(-1).detach(), rtol=1e-4, atol=1e-6)
 
 
 def test_matching_model_input_x_gradient_through_its_region_encoder():
@@ -219,3 +239,16 @@ def test_randomisation_check_reports_a_method_that_cannot_run_instead_of_hiding_
     table = randomisation_check(sim, scan_inputs(), ["raw", "gradcam"])
     assert table.set_index("method").loc["raw", "error"] == ""
     assert table.set_index("method").loc["gradcam", "error"] == ""
+
+
+@pytest.mark.parametrize("alignment", __import__("attnlens").align.available())
+def test_every_alignment_function_is_explained(alignment):
+    torch.manual_seed(0)
+    sim = ScanSimilarity("t2i", dim=8, alignment=alignment).double()
+    inputs = scan_inputs(3)
+    gw = ex.explain(sim, inputs, "gradient_weighted")
+    axg = ex.explain(sim, inputs, "attention_x_gradient")
+    raw = ex.explain(sim, inputs, "raw")
+    assert torch.isfinite(gw.weights).all() and gw.weights.min() >= 0
+    torch.testing.assert_close(gw.weights, axg.weights)   # one cross-attention step: Rhat = I
+    torch.testing.assert_close(raw.weights.sum(-1), torch.ones(2, 4, dtype=torch.float64))

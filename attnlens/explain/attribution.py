@@ -2,9 +2,11 @@
 ``input_x_gradient``, ``gradcam`` (and ``feature_ablation`` in :func:`attributions`).
 
 The image features are the ``[B, R, D]`` tensor the profile names (``features``): a model input
-(LXMERT's ``visual_feats``, VisualBERT's ``visual_embeds``) or a module's output (a matching
-model's ``image_encoder``; the module's output is replaced by the attributed tensor during
-each forward, the hook removed in ``finally``). Every other batch-first tensor input is passed
+(``("input", key)``: LXMERT's ``visual_feats``, VisualBERT's ``visual_embeds``), a module's
+output (``("layer", path)``: a matching model's ``image_encoder``) or a module's positional
+argument (``("argument", "path@i")``: the key argument of a VQA model's ``attend``, i.e. the region
+features its attention reads); the module's output or argument is replaced by the attributed
+tensor during each forward (the hook removed in ``finally``). Every other batch-first tensor input is passed
 to captum as an additional forward argument, so it is repeated along with the features (an
 input whose first axis has the batch size is taken to be batch-first).
 
@@ -144,6 +146,37 @@ def _replaced_output(module: nn.Module, holder: dict):
         handle.remove()
 
 
+@contextmanager
+def _replaced_argument(module: nn.Module, index: int, holder: dict):
+    """While active, ``module``'s positional argument ``index`` is ``holder["value"]`` when set
+    (else recorded there)."""
+    def hook(mod, args):
+        if len(args) <= index:
+            raise ExplainError(f"the feature module was called with {len(args)} positional arguments; "
+                               f"argument {index} is the feature tensor")
+        if holder.get("value") is None:
+            holder["seen"] = args[index]
+            return None
+        value = holder["value"]
+        if value.shape != args[index].shape:
+            raise ShapeError(f"features {tuple(value.shape)} cannot replace argument {index} "
+                             f"{tuple(args[index].shape)} of the feature module")
+        return (*args[:index], value, *args[index + 1:])
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _replacing(model: nn.Module, kind: str, where: str, holder: dict):
+    if kind == "layer":
+        return _replaced_output(model.get_submodule(where), holder)
+    path, _, index = where.rpartition("@")
+    return _replaced_argument(model.get_submodule(path), int(index), holder)
+
+
 def _feature_forward(ctx):
     """``(forward(features, *batch_inputs), features [B, R, D], batch_inputs)`` for captum."""
     if ctx.profile.features is None:
@@ -155,17 +188,16 @@ def _feature_forward(ctx):
         if where not in inputs or not isinstance(inputs[where], torch.Tensor):
             raise ExplainError(f"inputs have no feature tensor {where!r} (keys: {sorted(inputs)})")
         feats = inputs[where].detach()
-    elif kind == "layer":
-        module = model.get_submodule(where)
+    elif kind in ("layer", "argument"):
         holder: dict = {}
-        with torch.no_grad(), _replaced_output(module, holder):
+        with torch.no_grad(), _replacing(model, kind, where, holder):
             model(**inputs)
         feats = holder.get("seen")
         if not isinstance(feats, torch.Tensor):
-            raise ExplainError(f"module {where!r} did not output a feature tensor during model(**inputs)")
+            raise ExplainError(f"{kind} {where!r} did not give a feature tensor during model(**inputs)")
         feats = feats.detach()
     else:
-        raise UnknownNameError("feature kind", kind, ("input", "layer"))
+        raise UnknownNameError("feature kind", kind, ("input", "layer", "argument"))
     if feats.ndim != 3:
         raise ShapeError(f"image features {where!r} must be [B, R, D], got {tuple(feats.shape)}")
     batch = feats.shape[0]
@@ -177,8 +209,7 @@ def _feature_forward(ctx):
         if kind == "input":
             out = model(**kwargs, **{where: x})
         else:
-            holder = {"value": x}
-            with _replaced_output(model.get_submodule(where), holder):
+            with _replacing(model, kind, where, {"value": x}):
                 out = model(**kwargs)
         scores = target(out)
         return scores.reshape(-1)

@@ -9,8 +9,9 @@ A :class:`Profile` tells the explainers, for one family of models,
 * where the text and image tokens are (``layout(model, inputs, streams, maps)``);
 * the default target (``target``; None: the top logit, :func:`~attnlens.explain.trace.default_target`);
 * where the image features are for the captum attributions (``features(model, inputs)``:
-  ``("input", key)``, a tensor ``[B, R, D]`` of ``inputs``, or ``("layer", module path)``,
-  a module whose output ``[B, R, D]`` is the region features), ``feature_keep`` the positions of
+  ``("input", key)``, a tensor ``[B, R, D]`` of ``inputs``, ``("layer", module path)``,
+  a module whose output ``[B, R, D]`` is the region features, or ``("argument", "path@i")``,
+  a module's positional argument ``i``), ``feature_keep`` the positions of
   that tensor that are image tokens (e.g. ``slice(1, None)`` without BLIP's ``[CLS]``), and
   ``key_dim`` the name of the image axis of attribution maps.
 
@@ -23,8 +24,8 @@ Built in (found by :func:`profile_for`):
   read on their diagonal: example ``b`` is image ``b`` with caption ``b``, and the default
   target of a matching model is the pair's similarity ``S[b, b]``; VQA's is the predicted
   answer's logit. The image features for captum: a matching model's ``image_encoder`` output,
-  ``images`` of a bare SCAN/RCAR similarity, a grid VQA model's ``image`` output, or what the
-  model's ``explain_features`` attribute names.
+  ``images`` of a bare SCAN/RCAR similarity, the region features a VQA model's ``attend`` reads
+  (its key argument), or what the model's ``explain_features`` attribute names.
 * ``lxmert`` -- dual stream: language self-attention ``encoder.layer.*``, visual
   self-attention ``encoder.r_layers.*``, and in each cross-modality layer the co-attention both
   ways (one stage: both directions read the layer's input), then the two self-attentions.
@@ -177,11 +178,12 @@ def _own_features(model, inputs):
         return "layer", "image_encoder"
     if name in ("ScanSimilarity", "RCARSimilarity"):
         return "input", "images"
-    if name == "VQAModel" and getattr(model, "image_kind", None) == "grid":
-        return "layer", "image"
+    if name == "VQAModel":
+        return "argument", "attend@1"   # the region features the question attends over (after image_index)
     raise ExplainError(f"no region-feature input known for {name}: the captum attributions need a "
-                       "[B, R, D] feature tensor (MatchingModel, ScanSimilarity, RCARSimilarity, grid VQAModel, or "
-                       "a model attribute explain_features = ('input', key) or ('layer', module path))")
+                       "[B, R, D] feature tensor (MatchingModel, ScanSimilarity, RCARSimilarity, VQAModel, or "
+                       "a model attribute explain_features = ('input', key), ('layer', module path) or "
+                       "('argument', 'module path@position'))")
 
 
 def attnlens_profile(model: nn.Module) -> Profile:
