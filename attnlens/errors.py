@@ -26,6 +26,10 @@ class NonFiniteError(AttnlensError, ValueError):
     """NaN or infinite values where finite numbers are required."""
 
 
+class ParameterError(AttnlensError, ValueError):
+    """A parameter that is non-finite or outside its domain (names the parameter and the value)."""
+
+
 class UnknownNameError(AttnlensError, KeyError):
     """A name that is not registered; the message lists the valid names."""
 
