@@ -28,7 +28,7 @@ from ..render.export import save_figure
 from ..report import ReportFigure
 from ..types import Regions
 
-__all__ = ["ranked_examples", "gallery_figure", "curves_figure", "grid_figure", "words_figure", "write_explorer",
+__all__ = ["ranked_examples", "gallery_figure", "curves_figure", "grid_figure", "words_figure", "write_explorer", "study_view",
            "save_all_formats", "curve_aucs", "GROUNDING_PREFERENCE", "FIGURE_FORMATS"]
 
 #: Files written for every study figure: the PNG is embedded in the report, the others linked.
@@ -340,3 +340,43 @@ def save_all_formats(fig, png_path: Path, *, dpi: float = 100) -> Path:
         if i == 0 and fig.get_layout_engine() is not None:
             fig.set_layout_engine("none")  # the layout of the first draw holds for every format: no re-layout
     return png_path
+
+
+def study_view(out, *, task: str | None = None, alignments: Sequence[str] | None = None, seed: int = 0,
+               example: str | None = None):
+    """The interactive notebook view of a study's saved maps: one example, its words as buttons and
+    the alignment functions as alternatives (:func:`attnlens.render.notebook.map_view`).
+
+    ``out`` is a study's output folder (or a :class:`~attnlens.study.runner.StudyResult`); the
+    task, alignments and example default to the first ones found (the example shown first in the
+    galleries when the metrics are saved).
+    """
+    from ..errors import FormatError
+    from ..render.notebook import map_view
+    from .units import Unit, load_examples
+
+    config = getattr(out, "config", None)
+    out = Path(getattr(out, "out", out))
+    tasks = list(getattr(config, "tasks", None) or sorted(p.name for p in (out / "units").glob("*") if p.is_dir()))
+    if not tasks:
+        raise FormatError("no study units here; run `attnlens study` first", path=out / "units")
+    task = task if task is not None else tasks[0]
+    aligns = list(alignments or getattr(config, "alignments", None) or
+                  sorted(p.name for p in (out / "units" / task).glob("*") if p.is_dir()))
+    per = {a: {e["example_id"]: e for e in load_examples(Unit(task, a, seed).dir(out))} for a in aligns
+           if (Unit(task, a, seed).dir(out) / "examples.json").exists()}
+    if not per:
+        raise FormatError(f"no saved examples for task {task!r} (seed {seed})", path=out / "units" / task)
+    aligns = [a for a in aligns if a in per]
+    if example is None:
+        long_path = out / "metrics_long.csv"
+        ranked = ranked_examples(pd.read_csv(long_path), task)[0] if long_path.exists() else []
+        common = [i for i in ranked if all(i in per[a] for a in aligns)] or \
+            [i for i in per[aligns[0]] if all(i in per[a] for a in aligns)]
+        example = common[0]
+    first = per[aligns[0]][example]
+    alts = {a: np.where(np.asarray(per[a][example]["region_valid"], bool)[None, :],
+                        np.asarray(per[a][example]["attention"], dtype=np.float64), np.nan) for a in aligns}
+    gt = {first["tokens"][t["head"]]: np.asarray(t["boxes"], dtype=float).reshape(-1, 4) for t in first["targets"]}
+    return map_view(None, first["image"], alternatives=alts, tokens=list(first["tokens"]), regions=_regions(first),
+                    gt_boxes=gt, title=f"{task}: {example}: " + " ".join(first["tokens"]))
