@@ -92,7 +92,7 @@ def _save(fig, path, format, dpi, *, bbox_inches) -> Path:
     if fmt not in STATIC_FORMATS:
         raise UnknownNameError("figure format", fmt, STATIC_FORMATS)
     if dpi is not None:
-        dpi = real_option(dpi, "dpi", "save_figure", lo=1.0, hi=2400.0)
+        dpi = real_option(dpi, "dpi", "save_figure", lo=10.0, hi=2400.0)
     buf = io.BytesIO()
     with matplotlib.rc_context(FONT_RC):
         fig.savefig(buf, format=fmt, dpi=dpi if dpi is not None else "figure", bbox_inches=bbox_inches,

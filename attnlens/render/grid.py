@@ -242,7 +242,7 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
 def _check_options(*, alpha, top_k, dpi, panel_size, opacity, fn="grid"):
     real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
     int_option(top_k, "top_k", fn, lo=0)
-    real_option(dpi, "dpi", fn, lo=1.0, hi=2400.0)
+    real_option(dpi, "dpi", fn, lo=10.0, hi=2400.0)
     real_option(panel_size, "panel_size", fn, lo=0.1, hi=100.0)
     choice_option(opacity, "opacity", fn, ("heat", "constant"))
 

@@ -57,11 +57,10 @@ def heat_opacity(heat, vmin: float, vmax: float, *, signed: bool = False) -> np.
     >>> heat_opacity(np.array([-2.0, 0.0, 1.0, np.nan]), -2.0, 2.0, signed=True).tolist()
     [1.0, 0.0, 0.5, 0.0]
     """
-    h = np.asarray(heat, dtype=np.float32)
+    h = np.asarray(heat, dtype=np.float64)  # float64: limits up to 1e308 do not overflow
     if signed:
         m = max(abs(float(vmin)), abs(float(vmax)))
-        out = np.abs(h) * np.float32(1.0 / m) if m > 0 else np.zeros_like(h)
-        out = np.clip(out, 0.0, 1.0)
+        out = np.clip(np.abs(h) / m, 0.0, 1.0) if m > 0 else np.zeros_like(h)
     else:
         out = normalize(h, vmin, vmax)
     return np.nan_to_num(out, nan=0.0).astype(np.float32, copy=False)
@@ -136,11 +135,14 @@ def normalize(heat, vmin: float, vmax: float) -> np.ndarray:
     >>> normalize(np.array([1.0, 2.0, 3.0, np.nan]), 1.0, 3.0).tolist()
     [0.0, 0.5, 1.0, nan]
     """
-    h = np.asarray(heat, dtype=np.float32)
+    h = np.asarray(heat, dtype=np.float64)  # float64: limits up to 1e308 do not overflow
     if vmax <= vmin:
         return np.where(np.isnan(h), np.float32(np.nan), np.float32(0.0))
-    out = (h - np.float32(vmin)) * np.float32(1.0 / (vmax - vmin))
-    return np.clip(out, 0.0, 1.0, out=out)
+    with np.errstate(over="ignore"):  # vmax - vmin may overflow to inf: the scale is then 0
+        span = float(vmax) - float(vmin)
+        out = (h - float(vmin)) / span if np.isfinite(span) else (h / 2.0 - float(vmin) / 2.0) / (
+            float(vmax) / 2.0 - float(vmin) / 2.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def color_index(heat, vmin: float, vmax: float, *, data_min: float | None = None, signed: bool = False
@@ -238,7 +240,9 @@ def resize_map(heat: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
     if method not in methods:
         raise UnknownNameError("resize method", str(method), list(methods))
     H, W = (int(s) for s in size)
-    h = np.asarray(heat, dtype=np.float32)
+    h = np.asarray(heat)
+    big = h.size and h.dtype.kind == "f" and np.nanmax(np.abs(h), initial=0.0) > np.finfo(np.float32).max
+    h = h.astype(np.float64 if big else np.float32)
     if h.shape == (H, W):
         return h
     if method == "nearest":  # cell (i, j) covers the pixels of grid_to_pixels: uniform blocks, NaN kept
@@ -247,7 +251,7 @@ def resize_map(heat: np.ndarray, size, method: str = "bilinear") -> np.ndarray:
     nan = np.isnan(h)
     if nan.any():
         fill = np.nanmin(h) if not nan.all() else 0.0
-        out = cv2.resize(np.where(nan, fill, h).astype(np.float32), (W, H), interpolation=methods[method])
+        out = cv2.resize(np.where(nan, fill, h).astype(h.dtype), (W, H), interpolation=methods[method])
         nan_big = cv2.resize(nan.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)
         out[nan_big] = np.nan
         return out
@@ -287,6 +291,8 @@ def to_pixels(heat, image_size, *, regions=None, grid=None, mode: str = "max",
             grid = heat.key.grid
         heat = heat.weights
     h = heat_array(heat, "heat", "to_pixels", dtype=np.float32)
+    if np.dtype(dtype) == np.float32 and h.size and np.nanmax(np.abs(h), initial=0.0) > np.finfo(np.float32).max:
+        dtype = np.float64  # values beyond float32's range keep float64 rather than becoming inf
     if h.ndim == 3 and h.shape[-1] == 1:
         h = h[..., 0]
     if np.isinf(h).any():

@@ -30,6 +30,7 @@ from ..geometry import pixel_bounds
 from ..types import as_token_tuple
 from .export import atomic_write
 from .linked_view import SCRIPT as _JS
+from ._checks import choice_option, heat_array, int_option, real_option
 from .heatmap import colormap_lut, limits, region_boxes, to_pixels
 from .overlay import as_rgb
 
@@ -83,7 +84,7 @@ def save_html(fig, path) -> Path:
 # --------------------------------------------------------------------------- inputs
 def _orient(amap):
     """An AttentionMap as ``(weights [..., words, keys], extra dims, word tokens, key side)``."""
-    w = amap.weights.detach().cpu().numpy()
+    w = heat_array(amap.weights, "attention", "interactive")
     q, k = amap.query, amap.key
     if q.modality == "image" and k.modality == "text":  # i2t: make words the second-last axis
         w = np.swapaxes(w, -1, -2)
@@ -116,7 +117,9 @@ def _alternatives(attention, alternatives, tokens, regions, grid):
                     label = ", ".join(f"{d}={i}" for d, i in zip(extra, idx))
                     out[f"{name} {label}"] = w[idx]
         else:
-            arr = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+            arr = heat_array(a, "attention" if attention is a else f"alternative {name!r}", "interactive")
+            if arr.ndim not in (2, 3):
+                raise ShapeError(f"interactive: attention {name!r} must be [L, K] or [L, H, W], got {arr.shape}")
             out[str(name)] = np.asarray(arr, dtype=np.float64)
     return out, tokens, regions, grid
 
@@ -244,6 +247,12 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
     ('&lt;b&gt;',)
     """
     go = require("plotly.graph_objects", "render")
+    fn = "interactive"
+    alpha = real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
+    top_k = int_option(top_k, "top_k", fn, lo=0)
+    max_cells = int_option(max_cells, "max_cells", fn, lo=1, hi=4096)
+    height = int_option(height, "height", fn, lo=100, hi=10000)
+    choice_option(share, "share", fn, ("alternative", "all", "map"))
     rgb = as_rgb(image)
     H, W = rgb.shape[:2]
     alts, tokens, regions, grid = _alternatives(attention, alternatives, tokens, regions, grid)
@@ -253,6 +262,8 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
     words = as_token_tuple(tokens) if tokens is not None else tuple(str(i) for i in range(L))
     if len(words) != L:
         raise ShapeError(f"interactive: {len(words)} tokens but attention has {L} words (shape {first.shape})")
+    if L == 0 or 0 in first.shape[1:]:
+        raise ShapeError(f"interactive: attention of shape {first.shape} has no words or no keys; nothing to show")
     for n in names:
         if alts[n].shape != first.shape:
             raise ShapeError(f"alternative {n!r} has shape {alts[n].shape}, {names[0]!r} has {first.shape}")

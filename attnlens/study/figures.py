@@ -148,7 +148,8 @@ def curve_aucs(curves: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in ("task", "alignment", "curve", "order") if k in curves.columns]
     for key, g in curves.groupby(keys, sort=False):
         m = g.groupby("fraction", as_index=False)["value"].mean().sort_values("fraction")
-        auc = float(curve_auc(m["value"].to_numpy(), m["fraction"].to_numpy())) if len(m) > 1 else float("nan")
+        v, x = np.array(m["value"], dtype=np.float64), np.array(m["fraction"], dtype=np.float64)  # writable copies
+        auc = float(curve_auc(v, x)) if len(m) > 1 else float("nan")
         rows.append(dict(zip(keys, key if isinstance(key, tuple) else (key,)), auc=auc))
     return pd.DataFrame(rows, columns=keys + ["auc"])
 
