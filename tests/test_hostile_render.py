@@ -171,11 +171,13 @@ def test_torch_tensors_and_grids(w, grid):
 
 
 @FAST
-@given(words=st.lists(st.text(max_size=6), max_size=5), scores=heat_maps().map(lambda a: a.reshape(-1)),
-       vmin=OPTION, title=st.one_of(st.none(), st.text(max_size=8)))
-def test_tokens_escape_everything(words, scores, vmin, title):
-    strip, err = call(R.tokens, words, scores, vmin=vmin if not isinstance(vmin, str) else None, title=title)
+@given(words=st.one_of(st.lists(st.text(max_size=6), max_size=5), st.none(), st.integers(), st.text(max_size=9)),
+       scores=st.one_of(heat_maps().map(lambda a: a.reshape(-1)), st.just("abc"), st.just([[1, 2], [3]])),
+       vmin=OPTION, title=st.one_of(st.none(), st.text(max_size=8), st.integers(), st.just([1])), cmap=OPTION)
+def test_tokens_escape_everything(words, scores, vmin, title, cmap):
+    strip, err = call(R.tokens, words, scores, vmin=vmin, title=title, cmap=cmap if cmap is not None else "viridis")
     if err is None:
+        words = words.split() if isinstance(words, str) else words
         page = strip.html()
         assert "<script" not in page.lower().replace("&lt;script", "")
         texts = re.findall(r'<span class="attnlens-token"[^>]*>(.*?)</span>', page, re.S)

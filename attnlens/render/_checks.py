@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DTypeError, NonFiniteError, ParameterError, ShapeError
 
-__all__ = ["real_option", "int_option", "choice_option", "heat_array", "check_boxes"]
+__all__ = ["real_option", "int_option", "choice_option", "heat_array", "check_boxes", "word_list", "text_option"]
 
 
 def _scalar(value, name: str, fn: str):
@@ -67,6 +67,25 @@ def choice_option(value, name: str, fn: str, choices) -> str:
     if value not in choices:
         raise UnknownNameError(f"{fn} {name}", value, list(choices))
     return value
+
+
+def word_list(words, name: str, fn: str) -> tuple[str, ...]:
+    """Words as a tuple of strings: a string is split on whitespace; a sequence's items become
+    strings; anything else (``None``, a number, a dict) is a :class:`DTypeError`."""
+    if isinstance(words, str):
+        return tuple(words.split())
+    if isinstance(words, (bytes, dict)) or not hasattr(words, "__iter__"):
+        raise DTypeError(f"{fn}: {name} must be a string or a sequence of words, got {type(words).__name__}")
+    return tuple(str(w) for w in words)
+
+
+def text_option(value, name: str, fn: str) -> str | None:
+    """``None`` or a text (numbers are written as text); other types are a :class:`DTypeError`."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return str(value)
+    raise DTypeError(f"{fn}: {name} must be a string, got {type(value).__name__}")
 
 
 def heat_array(heat, name: str, fn: str, *, dtype=np.float64) -> np.ndarray:

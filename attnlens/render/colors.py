@@ -71,7 +71,7 @@ def colormap_lut(cmap="viridis") -> np.ndarray:
         raise DTypeError(f"cmap must be a colour map name or a [256, 3] uint8 RGB table, got {cmap!r}")
     lut = np.asarray(cmap)
     if lut.shape != (256, 3) or lut.dtype != np.uint8:
-        raise ShapeError(f"a colour table must be a [256, 3] uint8 RGB array, got {lut.shape} {lut.dtype}")
+        raise ShapeError(f"cmap: a colour table must be a [256, 3] uint8 RGB array, got {lut.shape} {lut.dtype}")
     return lut
 
 

@@ -18,8 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ShapeError, UnknownNameError
-from ..types import as_token_tuple
-from ._checks import choice_option, heat_array, int_option, real_option
+from ._checks import choice_option, heat_array, int_option, real_option, text_option, word_list
 from .export import mpl_text
 from .heatmap import colormap_lut, heat_to_rgb, limits, region_boxes, resolve_cmap, signed_lut, to_pixels
 from .overlay import as_rgb, draw_boxes, overlay
@@ -184,6 +183,7 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
 
     heats, row_names, col_names = grid_maps(maps, rows=rows, cols=cols)
     _check_options(alpha=alpha, top_k=top_k, dpi=dpi, panel_size=panel_size, opacity=opacity)
+    title = text_option(title, "title", "grid")
     rgb = None if image is None else as_rgb(image)
     if rgb is not None:
         size = rgb.shape[:2]
@@ -194,8 +194,7 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
         if first.ndim != 2:
             raise ShapeError("grid without an image needs regions with image_size, or [H, W] pixel maps")
         size = first.shape
-    pix = [[np.asarray(to_pixels(h, size, regions=regions, grid=grid, mode=mode, resize=resize), dtype=np.float32)
-            for h in row] for row in heats]
+    pix = [[_pixels(h, size, regions, grid, mode, resize) for h in row] for row in heats]
     signed = _signed(pix, norm)
     cmap = resolve_cmap(cmap, signed)
     lims = grid_limits(pix, share, signed=signed)
@@ -245,6 +244,12 @@ def _check_options(*, alpha, top_k, dpi, panel_size, opacity, fn="grid"):
     real_option(dpi, "dpi", fn, lo=10.0, hi=2400.0)
     real_option(panel_size, "panel_size", fn, lo=0.1, hi=100.0)
     choice_option(opacity, "opacity", fn, ("heat", "constant"))
+
+
+def _pixels(heat, size, regions, grid, mode, resize) -> np.ndarray:
+    """A float pixel map (float32, or float64 when the values lie beyond float32's range)."""
+    p = np.asarray(to_pixels(heat, size, regions=regions, grid=grid, mode=mode, resize=resize, dtype=np.float32))
+    return p if p.dtype.kind == "f" else p.astype(np.float32)
 
 
 def _signed(pix, norm) -> bool:
@@ -323,7 +328,8 @@ def word_panels(image, attention, *, words=None, regions=None, grid=None, gt_box
     L = a.shape[0]
     if L == 0:
         raise ShapeError("word_panels: attention has 0 words; there is nothing to draw")
-    words = as_token_tuple(words) if words is not None else tuple(str(i) for i in range(L))
+    words = word_list(words, "words", fn) if words is not None else tuple(str(i) for i in range(L))
+    title = text_option(title, "title", fn)
     if len(words) != L:
         raise ShapeError(f"word_panels: {len(words)} words but attention has {L} rows (shape {a.shape})")
     rgb = None if image is None else as_rgb(image)
@@ -335,8 +341,7 @@ def word_panels(image, attention, *, words=None, regions=None, grid=None, gt_box
         size = a.shape[1:]
     else:
         raise ShapeError("word_panels without an image needs regions with image_size, or [L, H, W] pixel maps")
-    pix = [np.asarray(to_pixels(a[i], size, regions=regions, grid=grid, mode=mode, resize=resize), np.float32)
-           for i in range(L)]
+    pix = [_pixels(a[i], size, regions, grid, mode, resize) for i in range(L)]
     signed = _signed([pix], norm)
     cmap = resolve_cmap(cmap, signed)
     lo, hi = grid_limits([pix], "grid", signed=signed)[0, 0]

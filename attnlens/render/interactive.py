@@ -27,10 +27,9 @@ import numpy as np
 
 from ..errors import NonFiniteError, ShapeError, UnknownNameError, require
 from ..geometry import pixel_bounds
-from ..types import as_token_tuple
 from .export import atomic_write
 from .linked_view import SCRIPT as _JS
-from ._checks import choice_option, heat_array, int_option, real_option
+from ._checks import choice_option, heat_array, int_option, real_option, text_option, word_list
 from .heatmap import colormap_lut, limits, region_boxes, to_pixels
 from .overlay import as_rgb
 
@@ -248,6 +247,7 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
     """
     go = require("plotly.graph_objects", "render")
     fn = "interactive"
+    title = text_option(title, "title", fn)
     alpha = real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
     top_k = int_option(top_k, "top_k", fn, lo=0)
     max_cells = int_option(max_cells, "max_cells", fn, lo=1, hi=4096)
@@ -259,7 +259,7 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
     names = list(alts)
     first = alts[names[0]]
     L = first.shape[0]
-    words = as_token_tuple(tokens) if tokens is not None else tuple(str(i) for i in range(L))
+    words = word_list(tokens, "tokens", fn) if tokens is not None else tuple(str(i) for i in range(L))
     if len(words) != L:
         raise ShapeError(f"interactive: {len(words)} tokens but attention has {L} words (shape {first.shape})")
     if L == 0 or 0 in first.shape[1:]:

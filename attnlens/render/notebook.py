@@ -28,8 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import NonFiniteError, ShapeError
-from ..types import as_token_tuple
-from ._checks import check_boxes, choice_option, heat_array, int_option, real_option
+from ._checks import check_boxes, choice_option, heat_array, int_option, real_option, text_option, word_list
 from .export import atomic_write
 from .heatmap import colormap_lut, heat_to_rgb, limits, resolve_cmap, signed_lut, to_pixels
 from .notebook_js import CSS, SCRIPT
@@ -176,6 +175,7 @@ def map_view(attention=None, image=None, *, alternatives: Mapping | None = None,
     (MapView(words=2, keys=2), False, True)
     """
     fn = "map_view"
+    title = text_option(title, "title", fn)
     alpha = real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
     choice_option(opacity, "opacity", fn, ("heat", "constant"))
     max_values = int_option(max_values, "max_values", fn, lo=1)
@@ -188,7 +188,7 @@ def map_view(attention=None, image=None, *, alternatives: Mapping | None = None,
     if stacked.size > max_values:
         raise ShapeError(f"map_view: {stacked.size} values exceed max_values={max_values}; select a layer, "
                          "head or example first (amap.sel(...)) or raise max_values")
-    words = as_token_tuple(tokens) if tokens is not None else (toks or tuple(str(i) for i in range(L)))
+    words = word_list(tokens, "tokens", fn) if tokens is not None else (toks or tuple(str(i) for i in range(L)))
     if len(words) != L:
         raise ShapeError(f"map_view: {len(words)} tokens but the attention has {L} words (shape {stacked.shape[1:]})")
     regions = regions if regions is not None else getattr(key, "regions", None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ShapeError
-from ..types import as_token_tuple
+from ._checks import heat_array, text_option, word_list
 from .export import atomic_write, mpl_text, save_figure
 from .heatmap import colormap_lut, limits, normalize
 
@@ -138,14 +138,12 @@ def tokens(words, scores, *, cmap="viridis", vmin: float | None = None, vmax: fl
     >>> "&lt;b&gt;dog&lt;/b&gt;" in strip.html(), "<b>" in strip.html()
     (True, False)
     """
-    if hasattr(scores, "dims") and hasattr(scores, "weights"):
-        scores = scores.weights
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu().numpy()
-    s = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(heat_array(scores, "scores", "tokens"), dtype=np.float64)
     if s.ndim == 2 and 1 in s.shape:
         s = s.reshape(-1)
-    words = as_token_tuple(words)
+    words = word_list(words, "words", "tokens")
+    title = text_option(title, "title", "tokens")
+    colormap_lut(cmap)  # an unknown or malformed colour map is an error here, not when shown
     if s.ndim != 1 or len(s) != len(words):
         raise ShapeError(f"tokens: {len(words)} words need [{len(words)}] scores, got shape {s.shape}")
     if np.isinf(s).any():
