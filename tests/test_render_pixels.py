@@ -160,3 +160,20 @@ def test_pil_modes_follow_the_array_rules():
     assert isinstance(out, Image.Image) and out.mode == "RGB"
     b = as_rgb(torch.tensor(rgb / 255.0, dtype=torch.bfloat16))
     assert b.shape == rgb.shape and np.abs(b.astype(int) - rgb).max() <= 2  # bfloat16 precision
+
+
+def test_signed_token_strips_grids_and_colorize_share_the_neutral_colour():
+    lut = signed_lut("RdBu_r")
+    strip = R.tokens("a big dog", [-2.0, 0.0, 2.0])
+    assert strip.signed and (strip.vmin, strip.vmax) == (-2.0, 2.0)
+    assert strip.colors.tolist() == [lut[1].tolist(), lut[128].tolist(), lut[255].tolist()]
+    assert R.tokens("a dog", [0.0, 1.0]).colors[1].tolist() == R.colormap_lut("viridis")[255].tolist()
+    maps = np.zeros((1, 2, 4, 4))
+    maps[0, 0, 0, 0], maps[0, 1, 3, 3] = -1.0, 0.5
+    fig = R.grid(None, maps)  # no image: the colours themselves; one symmetric scale
+    assert tuple(fig.attnlens_limits[0, 0]) == (-1.0, 1.0)
+    panels = fig.attnlens_panels[0]
+    assert panels[0][1, 1].tolist() == lut[128].tolist() and panels[1][1, 1].tolist() == lut[128].tolist()
+    assert panels[0][0, 0].tolist() == lut[1].tolist()
+    rgb, _ = R.colorize(np.array([[-1.0, 0.0, 1.0]]), signed=True)
+    assert rgb[0].tolist() == [lut[1].tolist(), lut[128].tolist(), lut[255].tolist()]

@@ -198,17 +198,21 @@ def colorize_index(idx: np.ndarray, cmap="viridis", *, signed: bool = False) -> 
     return lut[idx]
 
 
-def colorize(unit, cmap="viridis") -> tuple[np.ndarray, np.ndarray | None]:
-    """Colour a ``[H, W]`` map already in ``[0, 1]``: ``([H, W, 3]`` uint8 RGB, NaN mask or None).
+def colorize(unit, cmap=None, *, signed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Colour a ``[H, W]`` map already in ``[0, 1]`` (in ``[-1, 1]`` with ``signed``: 0 takes the
+    diverging map's centre colour): ``([H, W, 3]`` uint8 RGB, NaN mask or None).
 
     NaN pixels get colour 0 and are reported in the mask so callers can make them transparent.
 
     >>> rgb, nan = colorize(np.array([[0.0, 1.0]]), "jet")
     >>> rgb[0, 1].tolist(), nan is None
     ([128, 0, 0], True)
+    >>> colorize(np.array([[-1.0, 0.0, 1.0]]), "bwr", signed=True)[0][0].tolist()
+    [[0, 0, 255], [255, 255, 255], [255, 0, 0]]
     """
-    idx, nan_mask = color_index(unit, 0.0, 1.0)
-    return colorize_index(idx, cmap), nan_mask
+    cmap = resolve_cmap(cmap, signed)
+    idx, nan_mask = color_index(unit, -1.0 if signed else 0.0, 1.0, signed=signed)
+    return colorize_index(idx, cmap, signed=signed), nan_mask
 
 
 def heat_to_rgb(heat, vmin: float, vmax: float, cmap="viridis", *, data_min: float | None = None,
