@@ -116,7 +116,7 @@ def test_study_view(tmp_path):
         _maps_dir(run / "units" / "t" / a / "seed0")
     v = study_view(run, task="t", alignments=["dot", "cosine"], seed=0)
     d = v.data
-    assert d["dims"][0]["labels"] == ["dot", "cosine"] and d["words"] == ["a", "red", "<dog>"]
+    assert d["dims"][0] == {"name": "alignment", "labels": ["dot", "cosine"]} and d["words"] == ["a", "red", "<dog>"]
     assert d["gt"][2] == [[0.0, 12.0, 32.0, 24.0]]
 
 

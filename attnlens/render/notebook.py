@@ -146,7 +146,7 @@ def _sig(values: np.ndarray) -> list:
 
 def map_view(attention=None, image=None, *, alternatives: Mapping | None = None, tokens=None, regions=None,
              grid=None, gt_boxes=None, cmap=None, alpha: float = 0.7, norm=None, opacity: str = "heat",
-             title: str | None = None, max_values: int = 400_000) -> MapView:
+             title: str | None = None, max_values: int = 400_000, alternative_name: str = "alternative") -> MapView:
     """An interactive view: word buttons, one selector per extra axis, the word's map on the image.
 
     Args:
@@ -165,6 +165,7 @@ def map_view(attention=None, image=None, *, alternatives: Mapping | None = None,
             scale per selection, shared by its words.
         title: the view's title.
         max_values: refuse views with more values than this (the page would be slow).
+        alternative_name: the label of the alternatives' selector (e.g. ``"alignment"``).
 
     Returns:
         a :class:`MapView` (``_repr_html_``, ``_repr_png_``, ``.save(path)``).
@@ -213,7 +214,8 @@ def map_view(attention=None, image=None, *, alternatives: Mapping | None = None,
     if kind != "none" and max(size) > 2048:
         raise ShapeError(f"map_view: an image of {size} pixels is too large for a notebook view; resize it first")
     # selectors: alternatives first (when more than one), then the maps' extra axes
-    sel_dims = ([{"name": "alternative", "labels": names}] if len(names) > 1 else [])
+    alternative_name = text_option(alternative_name, "alternative_name", fn) or "alternative"
+    sel_dims = ([{"name": alternative_name, "labels": names}] if len(names) > 1 else [])
     sel_dims += [{"name": d, "labels": [str(i) for i in range(n)]} for d, n in zip(dims, stacked.shape[1:-2])]
     combos = stacked.reshape(-1, L, K) if len(names) > 1 else stacked[0].reshape(-1, L, K)
     finite_min = float(np.nanmin(combos)) if not np.isnan(combos).all() else 0.0

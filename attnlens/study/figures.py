@@ -380,4 +380,4 @@ def study_view(out, *, task: str | None = None, alignments: Sequence[str] | None
                         np.asarray(per[a][example]["attention"], dtype=np.float64), np.nan) for a in aligns}
     gt = {first["tokens"][t["head"]]: np.asarray(t["boxes"], dtype=float).reshape(-1, 4) for t in first["targets"]}
     return map_view(None, first["image"], alternatives=alts, tokens=list(first["tokens"]), regions=_regions(first),
-                    gt_boxes=gt, title=f"{task}: {example}: " + " ".join(first["tokens"]))
+                    gt_boxes=gt, title=f"{task}: {example}: " + " ".join(first["tokens"]), alternative_name="alignment")
