@@ -25,21 +25,23 @@ def box_mask(box):
 
 # ----------------------------------------------------------------------------- reference
 def slow_overlay(img, heat, alpha, cmap, lo, hi, follow=True):
-    """Pixel by pixel: colour = table[round-half-even(255 * clip((v - lo) / (hi - lo)))], blended
-    with opacity alpha * t (follow=True: the opacity follows the heat) or alpha."""
+    """Pixel by pixel: colour = table[i], i = round-half-even(255 * clip((v - lo) / (hi - lo))), blended
+    with opacity alpha * i / 255 (follow=True: the opacity follows the heat's colour position) or alpha."""
     lut = colormap_lut(cmap).astype(float)
     out = np.zeros_like(img)
     for r in range(img.shape[0]):
         for c in range(img.shape[1]):
             t = 0.0 if hi <= lo else min(max((heat[r, c] - lo) / (hi - lo), 0.0), 1.0)
-            col = lut[int(np.round(255 * t))]
-            a = alpha * t if follow else alpha
+            i = int(np.round(255 * t))
+            col = lut[i]
+            a = alpha * i / 255 if follow else alpha
             out[r, c] = np.clip(np.round((1 - a) * img[r, c] + a * col), 0, 255)
     return out
 
 
 def slow_signed_overlay(img, heat, alpha, cmap):
-    """Pixel by pixel, signed: m = max|v|, colour at 0.5 + v / (2m) of the map, opacity alpha * |v| / m."""
+    """Pixel by pixel, signed: m = max|v|, k = round(127 v / m), the colour at (127 + k) / 254 of the map,
+    opacity alpha * |k| / 127."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].resampled(255)
@@ -49,7 +51,7 @@ def slow_signed_overlay(img, heat, alpha, cmap):
         for c in range(img.shape[1]):
             k = int(np.rint(127 * heat[r, c] / m))          # -127..127
             col = np.round(np.asarray(cm(127 + k)[:3]) * 255)  # the colour at (127 + k) / 254
-            a = alpha * abs(heat[r, c]) / m
+            a = alpha * abs(k) / 127
             out[r, c] = np.clip(np.round((1 - a) * img[r, c] + a * col), 0, 255)
     return out
 

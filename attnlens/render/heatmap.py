@@ -34,7 +34,7 @@ from .colors import (DIVERGING_CMAP, OPENCV_COLORMAPS, SEQUENTIAL_CMAP, _user_ta
 
 __all__ = ["OPENCV_COLORMAPS", "colormap_lut", "colorize", "color_index", "colorize_index", "heat_to_rgb",
            "to_pixels", "limits", "normalize", "resize_map", "region_boxes", "signed_lut", "resolve_norm",
-           "resolve_cmap", "heat_opacity", "DIVERGING_CMAP", "SEQUENTIAL_CMAP"]
+           "resolve_cmap", "heat_opacity", "opacity_table", "DIVERGING_CMAP", "SEQUENTIAL_CMAP"]
 
 
 def resolve_norm(norm, data_min: float) -> str | tuple:
@@ -48,22 +48,31 @@ def resolve_norm(norm, data_min: float) -> str | tuple:
     return norm
 
 
-def heat_opacity(heat, vmin: float, vmax: float, *, signed: bool = False) -> np.ndarray:
-    """Per-pixel opacity in ``[0, 1]`` that follows the heat (float32, NaN -> 0).
+def opacity_table(signed: bool = False, alpha: float = 1.0) -> np.ndarray:
+    """``[1, 256]`` float32 opacity of each colour-table index: ``alpha * idx / 255`` (sequential)
+    or ``alpha * |idx - 128| / 127`` (signed: 0 at the centre, equal for ``128 +- k``).
 
-    Sequential: the normalised value (``vmin`` -> 0, ``vmax`` -> 1). Signed: ``|value| / m`` with
-    ``m = max(|vmin|, |vmax|)``, so 0 is fully transparent and ``+v``/``-v`` equally opaque.
-
-    >>> heat_opacity(np.array([-2.0, 0.0, 1.0, np.nan]), -2.0, 2.0, signed=True).tolist()
-    [1.0, 0.0, 0.5, 0.0]
+    >>> opacity_table()[0, [0, 255]].tolist(), opacity_table(True)[0, [1, 128, 255]].tolist()
+    ([0.0, 1.0], [1.0, 0.0, 1.0])
     """
-    h = np.asarray(heat, dtype=np.float64)  # float64: limits up to 1e308 do not overflow
-    if signed:
-        m = max(abs(float(vmin)), abs(float(vmax)))
-        out = np.clip(np.abs(h) / m, 0.0, 1.0) if m > 0 else np.zeros_like(h)
-    else:
-        out = normalize(h, vmin, vmax)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32, copy=False)
+    i = np.arange(256, dtype=np.float64)
+    t = np.minimum(np.abs(i - 128) / 127.0, 1.0) if signed else i / 255.0
+    return (float(alpha) * t).astype(np.float32).reshape(1, 256)
+
+
+def heat_opacity(heat, vmin: float, vmax: float, *, signed: bool = False) -> np.ndarray:
+    """Per-pixel opacity in ``[0, 1]`` that follows the heat (float32, NaN -> 0): the position of
+    each value's colour in the table (:func:`opacity_table` of :func:`color_index`), so 0 (signed)
+    or the lowest value (sequential) is fully transparent and ``+v``/``-v`` are equally opaque.
+
+    >>> [round(float(v), 3) for v in heat_opacity(np.array([-2.0, 0.0, 1.0, np.nan]), -2.0, 2.0, signed=True)]
+    [1.0, 0.0, 0.504, 0.0]
+    """
+    idx, nan_mask = color_index(heat, vmin, vmax, signed=signed)
+    out = opacity_table(signed)[0][idx]
+    if nan_mask is not None:
+        out[nan_mask] = 0.0
+    return out
 
 
 def limits(maps, norm="map", *, vmin=None, vmax=None, data_range=None) -> tuple[float, float]:

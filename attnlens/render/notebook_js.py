@@ -6,8 +6,8 @@ view's root element (found by id), builds the word buttons and the layer/head/al
 with ``textContent`` (it never writes HTML), and paints the selected word's heat on a canvas with the
 rules of :func:`attnlens.render.overlay.overlay`: region boxes by the pixel-centre rule (the
 largest weight wins where boxes overlap, 0 where none covers), patch grids as uniform blocks, the
-colour from the same 256-entry RGB table, opacity ``alpha * t`` following the heat, so zero heat
-shows the bare image pixel. It records its state in ``data-attnlens-state="<combo>,<word>"``.
+colour from the same 256-entry RGB table, opacity ``alpha * t`` with ``t`` the colour's position
+in the table (:func:`attnlens.render.heatmap.opacity_table`), so zero heat shows the bare image pixel. It records its state in ``data-attnlens-state="<combo>,<word>"``.
 """
 
 CSS = """
@@ -54,10 +54,9 @@ SCRIPT = r"""
     }
     return hi > lo ? Math.round(255 * clampi((v - lo) / (hi - lo), 0, 1)) : 0;
   }
-  function opacity(v, lo, hi) {
-    if (v === null || isNaN(v)) { return 0; }
-    if (D.signed) { var m = Math.max(Math.abs(lo), Math.abs(hi)); return m > 0 ? clampi(Math.abs(v) / m, 0, 1) : 0; }
-    return hi > lo ? clampi((v - lo) / (hi - lo), 0, 1) : 0;
+  function opacity(i) {  // the opacity of colour-table index i (as opacity_table in Python)
+    if (i < 0) { return 0; }
+    return D.signed ? Math.min(1, Math.abs(i - 128) / 127) : i / 255;
   }
   function pixels(w) {  // the pixel map of one word: [H * W] floats (as regions_to_pixels / grid_to_pixels)
     var H = D.size[0], W = D.size[1], out = new Float32Array(H * W), r, x, y;
@@ -97,7 +96,7 @@ SCRIPT = r"""
       for (var k = 0; k < H * W; k++) {
         var i = index(heat[k], lo, hi);
         if (i < 0) { continue; }
-        var a = D.opacity === 'heat' ? D.alpha * opacity(heat[k], lo, hi) : D.alpha, col = D.lut[i];
+        var a = D.opacity === 'heat' ? D.alpha * opacity(i) : D.alpha, col = D.lut[i];
         for (var ch = 0; ch < 3; ch++) {
           var base = px[4 * k + ch];
           px[4 * k + ch] = Math.round(base + (col[ch] - base) * a);

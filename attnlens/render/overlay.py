@@ -16,9 +16,10 @@ Images (explicit rules, never guessed per pixel):
   array out. The input is never modified.
 
 Colour and opacity (``opacity="heat"``, the default): each pixel's colour comes from the colour
-table and its opacity follows its heat, ``alpha * t`` with ``t`` the normalised value (sequential)
-or ``|value| / m`` (signed, ``norm="symmetric"``), so a pixel of zero (or lowest) heat shows the
-bare image pixel exactly and only the heat stands out. ``opacity="constant"`` blends every pixel
+table and its opacity follows its heat, ``alpha * t`` with ``t`` the value's position in the colour
+table (``idx / 255`` for a sequential map, ``|idx - 128| / 127`` for a signed one, see
+:func:`~attnlens.render.heatmap.color_index`), so a pixel of zero (or lowest) heat shows the bare
+image pixel exactly and only the heat stands out. ``opacity="constant"`` blends every pixel
 with ``alpha``. Small heat maps are upsampled with nearest neighbour by default, so patch cells
 stay uniform blocks; ``scale`` enlarges small images (nearest neighbour) before drawing.
 
@@ -33,7 +34,8 @@ import numpy as np
 from ..errors import DTypeError, NonFiniteError, ShapeError
 from ..geometry import pixel_bounds
 from ._checks import check_boxes, choice_option, heat_array, int_option, real_option
-from .heatmap import heat_opacity, heat_to_rgb, limits, region_boxes, resolve_cmap, resolve_norm, to_pixels
+from .heatmap import (color_index, colorize_index, heat_to_rgb, limits, opacity_table, region_boxes, resolve_cmap,
+                      resolve_norm, to_pixels)
 
 __all__ = ["overlay", "overlay_regions", "as_rgb", "draw_boxes", "colorbar_strip", "GT_COLOR", "REGION_COLOR"]
 
@@ -272,17 +274,18 @@ def overlay(image, heat, *, alpha: float = 0.7, cmap=None, boxes=None, box_color
     if s > 1:
         rgb = np.repeat(np.repeat(rgb, s, axis=0), s, axis=1)
         pix = np.repeat(np.repeat(pix, s, axis=0), s, axis=1)
-    color, nan_mask = heat_to_rgb(pix, lo, hi, cmap, signed=signed)
+    idx, nan_mask = color_index(pix, lo, hi, data_min=data_range[0] if s == 1 else None, signed=signed)
     if nan_mask is not None and nan == "raise":
         raise NonFiniteError(f"heat map has {int(nan_mask.sum())} NaN pixels (pass nan='transparent')")
-    if opacity == "heat":
-        w = heat_opacity(pix, lo, hi, signed=signed) * np.float32(a)
+    color = colorize_index(idx, cmap, signed=signed)
+    if opacity == "heat":  # the opacity follows the colour-table position: alpha * t
+        w2 = cv2.LUT(idx, opacity_table(signed, a))
     else:
-        w = np.full(pix.shape, np.float32(a))
-        if nan_mask is not None:
-            w[nan_mask] = 0.0
-    base = rgb.astype(np.float32)
-    out = np.rint(base + (color.astype(np.float32) - base) * w[..., None]).astype(np.uint8)
+        w2 = np.full(idx.shape, np.float32(a))
+    if nan_mask is not None:
+        w2[nan_mask] = 0.0
+    # rgb * (1 - w) + colour * w, rounded; w = 0 gives the image pixel exactly, w = 1 the colour
+    out = cv2.blendLinear(rgb, color, 1.0 - w2, w2)
     if top_k:
         rw = weights_1d if region_weights is None else heat_array(region_weights, "region_weights", fn).reshape(-1)
         if regions is None or rw is None:
