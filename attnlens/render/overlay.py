@@ -34,8 +34,8 @@ import numpy as np
 from ..errors import DTypeError, NonFiniteError, ShapeError
 from ..geometry import pixel_bounds
 from ._checks import check_boxes, choice_option, heat_array, int_option, real_option
-from .heatmap import (color_index, colorize_index, heat_to_rgb, limits, opacity_table, region_boxes, resolve_cmap,
-                      resolve_norm, to_pixels)
+from .heatmap import (color_index, colormap_lut, heat_to_rgb, limits, opacity_table, region_boxes, resolve_cmap,
+                      resolve_norm, signed_lut, to_pixels)
 
 __all__ = ["overlay", "overlay_regions", "as_rgb", "draw_boxes", "colorbar_strip", "GT_COLOR", "REGION_COLOR"]
 
@@ -155,6 +155,18 @@ def _color(color, name: str) -> tuple[int, int, int]:
     if not ok:
         raise DTypeError(f"{name} must be an (R, G, B) triple of integers in [0, 255], got {color!r}")
     return c
+
+
+def _blend(rgb: np.ndarray, idx: np.ndarray, lut: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Blend colour ``lut[idx]`` over ``rgb`` with opacity ``w[idx] / 255`` per pixel:
+    ``round(rgb * (255 - w) / 255) + round(lut * w / 255)``, so ``w = 0`` gives the image pixel
+    exactly and ``w = 255`` the colour (within 1 of the exact blend elsewhere). Both terms come
+    from 256-entry tables applied by OpenCV to the uint8 indices: no large temporaries."""
+    premult = np.rint(lut.astype(np.float64) * w[:, None] / 255.0).astype(np.uint8)   # [256, 3]
+    keep = np.repeat((255 - w).astype(np.uint8)[:, None], 3, axis=1)                    # [256, 3]
+    color = cv2.applyColorMap(idx, np.ascontiguousarray(premult.reshape(256, 1, 3)))  # tables are RGB
+    rest = cv2.applyColorMap(idx, np.ascontiguousarray(keep.reshape(256, 1, 3)))
+    return cv2.add(cv2.multiply(rgb, rest, scale=1.0 / 255.0), color)
 
 
 def colorbar_strip(height: int, lo: float, hi: float, cmap=None, *, signed: bool = False,
@@ -277,15 +289,12 @@ def overlay(image, heat, *, alpha: float = 0.7, cmap=None, boxes=None, box_color
     idx, nan_mask = color_index(pix, lo, hi, data_min=data_range[0] if s == 1 else None, signed=signed)
     if nan_mask is not None and nan == "raise":
         raise NonFiniteError(f"heat map has {int(nan_mask.sum())} NaN pixels (pass nan='transparent')")
-    color = colorize_index(idx, cmap, signed=signed)
-    if opacity == "heat":  # the opacity follows the colour-table position: alpha * t
-        w2 = cv2.LUT(idx, opacity_table(signed, a))
-    else:
-        w2 = np.full(idx.shape, np.float32(a))
-    if nan_mask is not None:
-        w2[nan_mask] = 0.0
-    # rgb * (1 - w) + colour * w, rounded; w = 0 gives the image pixel exactly, w = 1 the colour
-    out = cv2.blendLinear(rgb, color, 1.0 - w2, w2)
+    # opacity in 1/255 steps: alpha * t (t = the colour-table position) or alpha everywhere
+    table = opacity_table(signed, a) if opacity == "heat" else np.full((1, 256), a, np.float32)
+    lut = signed_lut(cmap) if signed else colormap_lut(cmap)
+    out = _blend(rgb, idx, lut, np.rint(table[0] * 255.0).astype(np.int64))
+    if nan_mask is not None and opacity != "heat":  # NaN: the bare image (with "heat" its opacity is 0)
+        out[nan_mask] = rgb[nan_mask]
     if top_k:
         rw = weights_1d if region_weights is None else heat_array(region_weights, "region_weights", fn).reshape(-1)
         if regions is None or rw is None:
