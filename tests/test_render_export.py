@@ -1,6 +1,5 @@
 """Publication export (#17): sizes in inches, fonts embedded, same bytes for the same figure; the CLI."""
 import re
-import sys
 from pathlib import Path
 
 import numpy as np

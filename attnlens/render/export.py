@@ -73,8 +73,10 @@ def _format(path, fmt) -> str:
     return "jpeg" if fmt == "jpg" else fmt
 
 
-def save_figure(fig, path, *, format: str | None = None, dpi: float | None = None) -> Path:
-    """Save a matplotlib figure to PNG/SVG/PDF (format from the suffix unless given).
+def save_figure(fig, path, *, format: str | None = None, dpi: float | None = None, crop: bool = True) -> Path:
+    """Save a matplotlib figure to PNG/SVG/PDF (format from the suffix unless given), fonts
+    embedded; ``crop=True`` trims the margins (``bbox_inches="tight"``), ``crop=False`` keeps the
+    figure's size.
 
     >>> import tempfile, pathlib
     >>> from matplotlib.figure import Figure
@@ -82,7 +84,7 @@ def save_figure(fig, path, *, format: str | None = None, dpi: float | None = Non
     >>> save_figure(fig, pathlib.Path(tempfile.mkdtemp()) / "f.svg").suffix
     '.svg'
     """
-    return _save(fig, path, format, dpi, bbox_inches="tight")
+    return _save(fig, path, format, dpi, bbox_inches="tight" if crop else None)
 
 
 def _save(fig, path, format, dpi, *, bbox_inches) -> Path:

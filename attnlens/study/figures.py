@@ -141,6 +141,11 @@ def curve_aucs(curves: pd.DataFrame) -> pd.DataFrame:
 
     The mean over examples is taken at each fraction first (the curve drawn), then its area over
     the fraction axis (:func:`attnlens.metrics.functional.faithfulness.curve_auc`).
+
+    >>> df = pd.DataFrame({"task": "t", "alignment": "dot", "curve": "deletion", "order": "morf",
+    ...                    "fraction": [0.0, 0.5, 1.0, 0.0, 0.5, 1.0], "value": [1.0, 0.5, 0.0, 1.0, 0.7, 0.0]})
+    >>> curve_aucs(df)["auc"].round(3).tolist()  # the mean curve 1, 0.6, 0
+    [0.55]
     """
     from ..metrics.functional.faithfulness import curve_auc
 
@@ -333,11 +338,9 @@ def study_figures(out: Path, long: pd.DataFrame, curves: pd.DataFrame, examples:
 def save_all_formats(fig, png_path: Path, *, dpi: float = 100) -> Path:
     """Save ``fig`` as PNG at ``png_path`` and as SVG and PDF beside it (fonts embedded); returns
     the PNG's path."""
-    from ..render.export import _save
-
     png_path = Path(png_path)
     for i, fmt in enumerate(FIGURE_FORMATS):
-        _save(fig, png_path.with_suffix("." + fmt), None, dpi, bbox_inches=None)
+        save_figure(fig, png_path.with_suffix("." + fmt), dpi=dpi, crop=False)
         if i == 0 and fig.get_layout_engine() is not None:
             fig.set_layout_engine("none")  # the layout of the first draw holds for every format: no re-layout
     return png_path
