@@ -107,3 +107,15 @@ def test_cli_render_formats_dpi_and_width(tmp_path, fmt):
         assert 'width="496.8pt"' in grid.read_text()
     assert main(["render", str(maps), "--out", str(out), "--width", "wide"]) == 2  # a usage error, one line
     assert main(["render", str(maps), "--out", str(out), "--dpi", "0"]) == 2
+
+
+def test_export_grows_the_height_so_nothing_is_cut(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = R.grid(None, np.random.default_rng(0).random((1, 3, 8, 12)), cols=["a", "red", "dog"], title="a title")
+    R.export(fig, tmp_path / "g.pdf", width="column")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig.get_tightbbox(canvas.get_renderer())
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(3.3) and box.y0 >= -0.01 and box.y1 <= h + 0.01 and box.x1 <= w + 0.01

@@ -132,7 +132,24 @@ def export(fig, path, *, format: str | None = None, dpi: float = 300, width="col
     w0, h0 = fig.get_size_inches()
     h = real_option(height, "height", "export", lo=0.2, hi=100.0) if height is not None else w * h0 / w0
     fig.set_size_inches(w, h)
+    if height is None:
+        _fit_height(fig)
     return _save(fig, path, format, dpi, bbox_inches=None)
+
+
+def _fit_height(fig, tries: int = 3) -> None:
+    """Grow the figure's height (never its width) until titles, labels and colour bars fit on it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    for _ in range(tries):
+        canvas.draw()
+        box = fig.get_tightbbox(canvas.get_renderer())
+        w, h = fig.get_size_inches()
+        over = max(0.0, -box.y0) + max(0.0, box.y1 - h)
+        if over <= 0.01:
+            return
+        fig.set_size_inches(w, h + over + 0.05)
 
 
 def save_image(image, path, *, format: str | None = None) -> Path:

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ShapeError, UnknownNameError
-from ._checks import choice_option, heat_array, int_option, real_option, text_option, word_list
+from ._checks import check_boxes, choice_option, heat_array, int_option, real_option, text_option, word_list
 from .export import mpl_text
 from .heatmap import colormap_lut, heat_to_rgb, limits, region_boxes, resolve_cmap, signed_lut, to_pixels
 from .overlay import as_rgb, draw_boxes, overlay
@@ -148,7 +148,7 @@ def _per_column(value, col_names, j):
 def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes=None, share="grid",
          cmap=None, alpha: float = 0.7, mode: str = "max", top_k: int = 0, dpi: float = 100,
          panel_size: float = 2.0, title: str | None = None, colorbar: bool = True, resize="nearest",
-         norm=None, opacity: str = "heat"):
+         norm=None, opacity: str = "heat", scale: int = 1):
     """Small multiples of heat maps over one image, with a shared colour scale and colour bar.
 
     Args:
@@ -164,6 +164,8 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
         share: ``"grid"``, ``"row"``, ``"map"`` or a fixed ``(vmin, vmax)`` (module docstring).
         cmap, alpha, mode, top_k, resize, opacity: as in :func:`~attnlens.render.overlay.overlay`.
         norm: ``None`` (symmetric when any map has a negative value), ``"symmetric"`` or ``"map"``.
+        scale: enlarge each panel ``scale`` times with nearest neighbour before drawing (small images:
+            thinner outlines, crisp cells).
         dpi, panel_size: figure resolution and the size of one panel in inches.
         title: figure title.
         colorbar: draw the colour bar(s).
@@ -182,7 +184,8 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
     from matplotlib.figure import Figure
 
     heats, row_names, col_names = grid_maps(maps, rows=rows, cols=cols)
-    _check_options(alpha=alpha, top_k=top_k, dpi=dpi, panel_size=panel_size, opacity=opacity)
+    _check_options(alpha=alpha, top_k=top_k, dpi=dpi, panel_size=panel_size, opacity=opacity, scale=scale)
+    scale = int(scale)
     title = text_option(title, "title", "grid")
     rgb = None if image is None else as_rgb(image)
     if rgb is not None:
@@ -213,7 +216,7 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
             heat = heats[i][j]
             reg = regions if regions is not None else (heat.key.regions if _is_amap(heat) else None)
             panel = _panel(rgb, pix[i][j], heat, lo, hi, cmap=cmap, signed=signed, alpha=alpha, top_k=top_k,
-                           regions=reg, gt=_per_column(gt_boxes, col_names, j), opacity=opacity)
+                           regions=reg, gt=_per_column(gt_boxes, col_names, j), opacity=opacity, scale=scale)
             panels[-1].append(panel)
             ax = axes[i, j]
             ax.imshow(panel, interpolation="nearest")
@@ -238,7 +241,8 @@ def grid(image, maps, *, rows=None, cols=None, regions=None, grid=None, gt_boxes
 
 
 # --------------------------------------------------------------------------- shared pieces
-def _check_options(*, alpha, top_k, dpi, panel_size, opacity, fn="grid"):
+def _check_options(*, alpha, top_k, dpi, panel_size, opacity, scale=1, fn="grid"):
+    int_option(scale, "scale", fn, lo=1, hi=64)
     real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
     int_option(top_k, "top_k", fn, lo=0)
     real_option(dpi, "dpi", fn, lo=10.0, hi=2400.0)
@@ -266,26 +270,28 @@ def _mpl_cmap(cmap, signed: bool):
     return ListedColormap((signed_lut(cmap)[1:] if signed else colormap_lut(cmap)) / 255.0)
 
 
-def _panel(rgb, pix, heat, lo, hi, *, cmap, signed, alpha, top_k, regions, gt, opacity):
+def _panel(rgb, pix, heat, lo, hi, *, cmap, signed, alpha, top_k, regions, gt, opacity, scale=1):
     """One RGB panel: the overlay (or the bare colours without an image), top-k and GT boxes."""
     weights = heat_array(heat, "maps", "grid")
     if rgb is not None:
         return overlay(rgb, pix, alpha=alpha, cmap=cmap, norm="symmetric" if signed else "map", vmin=lo, vmax=hi,
-                       boxes=gt, regions=regions if top_k else None, top_k=top_k, opacity=opacity,
+                       boxes=gt, regions=regions if top_k else None, top_k=top_k, opacity=opacity, scale=scale,
                        region_weights=weights if top_k and weights.ndim == 1 else None)
     panel, _ = heat_to_rgb(pix, lo, hi, cmap, signed=signed)
+    if scale > 1:
+        panel = np.repeat(np.repeat(panel, scale, axis=0), scale, axis=1)
     if top_k and regions is not None and weights.ndim == 1:
         order = np.argsort(-np.nan_to_num(weights, nan=-np.inf), kind="stable")[:top_k]
-        panel = draw_boxes(panel, region_boxes(regions)[order], color=(255, 255, 255))
+        panel = draw_boxes(panel, region_boxes(regions)[order] * scale, color=(255, 255, 255))
     if gt is not None:
-        panel = draw_boxes(panel, gt)
+        panel = draw_boxes(panel, np.asarray(check_boxes(gt, "gt_boxes", "grid")) * scale)
     return panel
 
 
 def word_panels(image, attention, *, words=None, regions=None, grid=None, gt_boxes=None, ncols: int = 6,
                 cmap=None, alpha: float = 0.7, norm=None, mode: str = "max", top_k: int = 0,
                 panel_size: float = 1.8, dpi: float = 100, title: str | None = None, colorbar: bool = True,
-                resize="nearest", opacity: str = "heat"):
+                resize="nearest", opacity: str = "heat", scale: int = 1):
     """One panel per word of a whole caption (wrapped into rows of ``ncols``), on one shared scale.
 
     Args:
@@ -297,8 +303,8 @@ def word_panels(image, attention, *, words=None, regions=None, grid=None, gt_box
         gt_boxes: ``{word: [n, 4]}``, one ``[n, 4]`` array for every word, or a list with one
             array (or ``None``) per word.
         ncols: panels per row.
-        cmap, alpha, norm, mode, top_k, panel_size, dpi, title, colorbar, resize, opacity: as in
-            :func:`grid`.
+        cmap, alpha, norm, mode, top_k, panel_size, dpi, title, colorbar, resize, opacity, scale: as
+            in :func:`grid`.
 
     Returns:
         a ``matplotlib.figure.Figure`` with ``attnlens_limits`` (the shared ``(vmin, vmax)``) and
@@ -314,7 +320,8 @@ def word_panels(image, attention, *, words=None, regions=None, grid=None, gt_box
     from matplotlib.figure import Figure
 
     fn = "word_panels"
-    _check_options(alpha=alpha, top_k=top_k, dpi=dpi, panel_size=panel_size, opacity=opacity, fn=fn)
+    _check_options(alpha=alpha, top_k=top_k, dpi=dpi, panel_size=panel_size, opacity=opacity, scale=scale, fn=fn)
+    scale = int(scale)
     ncols = int_option(ncols, "ncols", fn, lo=1, hi=100)
     if _is_amap(attention):
         if attention.weights.ndim != 2:
@@ -367,7 +374,7 @@ def word_panels(image, attention, *, words=None, regions=None, grid=None, gt_box
         else:
             gt = gt_boxes
         panel = _panel(rgb, pix[k], a[k], lo, hi, cmap=cmap, signed=signed, alpha=alpha, top_k=top_k,
-                       regions=regions, gt=gt, opacity=opacity)
+                       regions=regions, gt=gt, opacity=opacity, scale=scale)
         panels.append(panel)
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(mpl_text(words[k]), fontsize=9)

@@ -228,7 +228,8 @@ def words_figure(ex: dict, *, ncols: int = 6):
         gt[ex["tokens"][tg["head"]]] = np.asarray(tg["boxes"], dtype=float).reshape(-1, 4)
     gt_list = [gt.get(w) if i in {t["head"] for t in ex["targets"]} else None for i, w in enumerate(ex["tokens"])]
     return word_panels(ex["image"], att, words=list(ex["tokens"]), regions=_regions(ex), gt_boxes=gt_list,
-                       ncols=ncols, title=f"{ex['example_id']}: " + " ".join(ex["tokens"]))
+                       ncols=ncols, title=f"{ex['example_id']}: " + " ".join(ex["tokens"]),
+                       scale=_scale(np.asarray(ex["image"]).shape[:2], 128))
 
 
 def grid_figure(examples: dict[str, dict[str, dict]], eid: str, alignments: Sequence[str]):
@@ -247,7 +248,7 @@ def grid_figure(examples: dict[str, dict[str, dict]], eid: str, alignments: Sequ
         col = f"{tg['head']}:{first['tokens'][tg['head']]}"
         gt[col] = np.asarray(tg["boxes"], dtype=float).reshape(-1, 4)
     return grid(first["image"], maps, rows=aligns, cols=cols, regions=_regions(first), gt_boxes=gt,
-                title=f"{eid}: " + " ".join(first["tokens"]))
+                title=f"{eid}: " + " ".join(first["tokens"]), scale=_scale(np.asarray(first["image"]).shape[:2], 128))
 
 
 def write_explorer(examples: dict[str, dict[str, dict]], eid: str, alignments: Sequence[str], path: Path) -> Path:
