@@ -177,3 +177,12 @@ def test_signed_token_strips_grids_and_colorize_share_the_neutral_colour():
     assert panels[0][0, 0].tolist() == lut[1].tolist()
     rgb, _ = R.colorize(np.array([[-1.0, 0.0, 1.0]]), signed=True)
     assert rgb[0].tolist() == [lut[1].tolist(), lut[128].tolist(), lut[255].tolist()]
+
+
+def test_torch_image_in_torch_image_out():
+    img = image(6, (5, 7, 3))
+    heat = np.random.default_rng(0).random((5, 7))
+    t = torch.from_numpy(img.copy())
+    out = R.overlay(t, heat)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.uint8 and tuple(out.shape) == (5, 7, 3)
+    assert np.array_equal(out.numpy(), R.overlay(img, heat)) and np.array_equal(t.numpy(), img)

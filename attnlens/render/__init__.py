@@ -10,6 +10,7 @@ never modified; an array in gives an array out and a PIL image in gives a PIL im
 * :func:`grid` - small multiples (rows: alignment functions / layers / heads, columns: words).
 * :func:`interactive` - a plotly view linking words and regions, saved as offline HTML.
 * :func:`word_panels` - one panel per word of a whole caption on one scale.
+* :func:`map_view` - a notebook view (click a word, switch layer/head/alternative), no server.
 * :func:`save` - PNG/SVG/PDF for static figures, HTML for interactive ones (atomic writes);
   :func:`export` - a figure for a paper: width in inches, fonts embedded.
 
@@ -31,8 +32,9 @@ from .grid import grid_limits, grid_maps, word_panels
 from .grid import grid  # noqa: E402
 from .interactive import InteractiveView, save_html
 from .interactive import interactive  # noqa: E402
+from .notebook import MapView, map_view
 
 __all__ = ["overlay", "overlay_regions", "tokens", "TokenStrip", "grid", "grid_limits", "grid_maps", "word_panels",
            "interactive", "InteractiveView", "save_html", "save", "save_figure", "save_image", "atomic_write",
            "export", "paper_width", "as_rgb", "draw_boxes", "colorbar_strip", "colorize", "colormap_lut",
-           "signed_lut", "limits", "normalize", "resize_map", "to_pixels"]
+           "signed_lut", "limits", "normalize", "resize_map", "to_pixels", "map_view", "MapView"]

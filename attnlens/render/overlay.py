@@ -13,7 +13,8 @@ Images (explicit rules, never guessed per pixel):
   integer/float arrays they hold (so a 16-bit image with values above 255 is an error, as its
   array is), any other mode (``P``, ``CMYK``, ``YCbCr`` ...) converted to RGB by PIL.
 * A PIL image in gives a PIL RGB image out; an array in gives a new uint8 ``[H, W, 3]`` RGB
-  array out. The input is never modified.
+  array out; a torch tensor ``[H, W, (C)]`` in gives a uint8 ``[H, W, 3]`` tensor out. The input
+  is never modified.
 
 Colour and opacity (``opacity="heat"``, the default): each pixel's colour comes from the colour
 table and its opacity follows its heat, ``alpha * t`` with ``t`` the value's position in the colour
@@ -264,6 +265,7 @@ def overlay(image, heat, *, alpha: float = 0.7, cmap=None, boxes=None, box_color
     s = int_option(scale, "scale", fn, lo=1, hi=64)
     thickness = int_option(thickness, "thickness", fn, lo=1, hi=1000)
     pil = _is_pil(image)
+    tensor = hasattr(image, "detach")
     rgb = as_rgb(image)
     H, W = rgb.shape[:2]
     weights_1d = None
@@ -313,6 +315,10 @@ def overlay(image, heat, *, alpha: float = 0.7, cmap=None, boxes=None, box_color
         from PIL import Image
 
         return Image.fromarray(out)  # uint8 [H, W, 3] -> mode "RGB"
+    if tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(out))
     return out
 
 
