@@ -150,3 +150,9 @@ def test_report_fits_the_window_in_chromium(tmp_path, width, height):
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[:2] == (height, width) and pixels.std() > 10
     print(f"screenshot: {shot}")
+
+
+def test_markdown_links_the_figure_files(tmp_path):
+    md = (demo_report(tmp_path).parent / "report.md").read_text()
+    assert "([PNG](figures/matching_curves.png) · [SVG](figures/matching_curves.svg) · " \
+           "[PDF](figures/matching_curves.pdf))" in md

@@ -29,6 +29,7 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
@@ -519,8 +520,18 @@ def _md(x) -> str:
     return html.escape(str(x), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(metrics: pd.DataFrame, inp: ReportInput) -> str:
-    """The report as Markdown (figures linked by relative path).
+def _md_links(fig: ReportFigure, base_dir) -> str:
+    """`` (PNG · SVG · PDF)`` links to a figure's files when ``base_dir`` is known."""
+    if base_dir is None:
+        return ""
+    html_links = _figure_links(fig, Path(base_dir))
+    pairs = re.findall(r'<a href="([^"]*)">([A-Z]+)</a>', html_links)
+    return (" (" + " · ".join(f"[{name}]({html.unescape(href)})" for href, name in pairs) + ")") if pairs else ""
+
+
+def render_markdown(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path | None = None) -> str:
+    """The report as Markdown (figures linked by relative path; with ``base_dir``, also their
+    PNG/SVG/PDF files).
 
     >>> df = pd.DataFrame({"task": ["t"], "alignment": ["dot"], "metric": ["m"], "mean": [0.5],
     ...                    "ci_low": [0.4], "ci_high": [0.6]})
@@ -573,12 +584,12 @@ def render_markdown(metrics: pd.DataFrame, inp: ReportInput) -> str:
             out += [f"Interactive explorer: [{_md(inp.explorers[task])}]({quote(str(inp.explorers[task]), safe='/._-')})", ""]
         for fig in inp.figures:
             if fig.task == task:
-                out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*", ""]
+                out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{_md_links(fig, base_dir)}", ""]
     others = [f for f in inp.figures if f.task is None or f.task not in _tasks(metrics)]
     if others:
         out += ["## Figures", ""]
         for fig in others:
-            out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*", ""]
+            out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{_md_links(fig, base_dir)}", ""]
     for note in inp.notes:
         out += [f"> {_md(note)}", ""]
     if inp.provenance:
@@ -604,5 +615,5 @@ def write_report(out_dir: str | Path, metrics: pd.DataFrame | None = None, inp: 
         p = out_dir / "report_input.json"
         inp = load_report_input(p) if p.exists() else ReportInput()
     html_path = write_text(out_dir / "report.html", render_html(metrics, inp, base_dir=out_dir))
-    md_path = write_text(out_dir / "report.md", render_markdown(metrics, inp))
+    md_path = write_text(out_dir / "report.md", render_markdown(metrics, inp, base_dir=out_dir))
     return {"html": html_path, "md": md_path}
