@@ -156,3 +156,8 @@ def test_markdown_links_the_figure_files(tmp_path):
     md = (demo_report(tmp_path).parent / "report.md").read_text()
     assert "([PNG](figures/matching_curves.png) · [SVG](figures/matching_curves.svg) · " \
            "[PDF](figures/matching_curves.pdf))" in md
+
+
+def test_figures_open_full_size_when_clicked(tmp_path):
+    page = demo_report(tmp_path).read_text()
+    assert re.search(r'<a class="full" href="figures/matching_curves.png"><img src="data:image/png;base64,', page)

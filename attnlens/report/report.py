@@ -423,10 +423,18 @@ def _figure_links(fig: ReportFigure, base_dir: Path) -> str:
 
 
 def _with_links(figure_html: str, fig: ReportFigure, base_dir: Path) -> str:
+    """The figure with its file links in the caption and the picture itself linked to its PNG (tap
+    or click to see it full size, e.g. on a phone)."""
     links = _figure_links(fig, base_dir)
     if not links or "</figcaption>" not in figure_html:
         return figure_html
-    return figure_html.replace("</figcaption>", f" {links}</figcaption>", 1)
+    out = figure_html.replace("</figcaption>", f" {links}</figcaption>", 1)
+    png = re.search(r'<a href="([^"]*\.png)">PNG</a>', links)
+    start = out.find("<img ")
+    if png and start >= 0:
+        end = out.index(">", start) + 1
+        out = f'{out[:start]}<a class="full" href="{png.group(1)}">{out[start:end]}</a>{out[end:]}'
+    return out
 
 
 def _html_kv(d: Mapping[str, Any]) -> str:
