@@ -176,22 +176,16 @@ def render(maps, out, limit, fmt, dpi, width, words):
     from tqdm.auto import tqdm
 
     from .render.export import export, paper_width
-    from .study.figures import grid_figure, words_figure, write_explorer
+    from .study.figures import words_figure
+    from .study.figures import grid_figure, write_explorer
     from .study.units import load_examples
 
-    try:
-        width = float(width)
-    except ValueError:
-        pass
-    try:
-        paper_width(width)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise click.BadParameter(str(exc.args[0] if exc.args else exc), param_hint="--width") from None
     examples = load_examples(maps)[:limit]
     if not examples:
         raise click.ClickException(f"no maps in {maps}")
     name = "maps"
     per = {name: {e["example_id"]: e for e in examples}}
+    width = _paper_width_option(width)
     out.mkdir(parents=True, exist_ok=True)
     n = 0
     for e in tqdm(examples, desc="render", leave=False):
@@ -203,6 +197,21 @@ def render(maps, out, limit, fmt, dpi, width, words):
             n += 1
     write_explorer(per, examples[0]["example_id"], [name], out / "explorer.html")
     click.echo(f"{n} figure(s) ({fmt}, {paper_width(width):g} in wide) and explorer.html written to {out}")
+
+
+def _paper_width_option(width: str):
+    """``--width``: 'column', 'page' or a number of inches (a usage error otherwise)."""
+    from .render.export import paper_width
+
+    try:
+        value = float(width)
+    except ValueError:
+        value = width
+    try:
+        paper_width(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise click.BadParameter(str(exc.args[0] if exc.args else exc), param_hint="--width") from None
+    return value
 
 
 @cli.command()
