@@ -29,7 +29,6 @@ import base64
 import html
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
@@ -38,6 +37,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from .layout import Toc, md_links, with_links, wrap_table
 from ..errors import FormatError
 from ..io import write_text
 
@@ -362,79 +362,8 @@ def _html_table(metrics: pd.DataFrame, task: str, category: str) -> str:
             if isinstance(g, str) and g:
                 eqg = f" <small>(≡ {_e(g)})</small>"
         body.append(f'<tr><td class="name">{_e(align)}{eqg}</td>{"".join(cells)}</tr>')
-    return _wrap(f'<table><thead><tr><th class="name">alignment</th>{head}</tr></thead>'
+    return wrap_table(f'<table><thead><tr><th class="name">alignment</th>{head}</tr></thead>'
                  f'<tbody>{"".join(body)}</tbody></table>', f"{task} {category}", hint=len(table.columns) > 1)
-
-
-def _wrap(table: str, label: str, *, hint: bool = False) -> str:
-    """A table in its own horizontal scroll box (keyboard-scrollable, labelled for screen readers);
-    ``hint``: a line shown on narrow screens saying the table scrolls sideways."""
-    tip = '<p class="scroll-hint">Scroll the table sideways for more columns.</p>' if hint else ""
-    return f'<div class="table-wrap" tabindex="0" role="region" aria-label="{_e(label)} table">{table}</div>{tip}'
-
-
-class _Toc:
-    """Unique anchors and the nested table of contents of the page."""
-
-    def __init__(self):
-        self.entries: list[tuple[int, str, str]] = []
-        self._used: set[str] = set()
-
-    def anchor(self, level: int, text: str, hint: str | None = None) -> str:
-        base = "".join(c if c.isalnum() else "-" for c in (hint or text).lower()).strip("-")[:48] or "section"
-        slug, k = base, 2
-        while slug in self._used:
-            slug, k = f"{base}-{k}", k + 1
-        self._used.add(slug)
-        self.entries.append((level, slug, text))
-        return slug
-
-    def html(self) -> str:
-        out, depth = ['<nav class="toc" aria-label="Contents"><h2>Contents</h2>'], 0
-        for level, slug, text in self.entries:
-            while depth < level:
-                out.append("<ol>")
-                depth += 1
-            while depth > level:
-                out.append("</li></ol>")
-                depth -= 1
-            if out[-1] not in ("<ol>",):
-                out.append("</li>")
-            out.append(f'<li><a href="#{_e(slug)}">{_e(text)}</a>')
-        while depth > 0:
-            out.append("</li></ol>")
-            depth -= 1
-        out.append("</nav>")
-        return "".join(out)
-
-
-def _figure_links(fig: ReportFigure, base_dir: Path) -> str:
-    """Links to the figure's files (PNG/SVG/PDF with the same name beside it, inside ``base_dir``)."""
-    rel = Path(fig.path)
-    if rel.is_absolute() or ".." in rel.parts:
-        return ""
-    links = []
-    for suffix in (".png", ".svg", ".pdf"):
-        cand = rel.with_suffix(suffix)
-        if (base_dir / cand).is_file():
-            href = quote(cand.as_posix(), safe="/._-")
-            links.append(f'<a href="{_e(href)}">{suffix[1:].upper()}</a>')
-    return f'<span class="files">files:{"".join(links)}</span>' if links else ""
-
-
-def _with_links(figure_html: str, fig: ReportFigure, base_dir: Path) -> str:
-    """The figure with its file links in the caption and the picture itself linked to its PNG (tap
-    or click to see it full size, e.g. on a phone)."""
-    links = _figure_links(fig, base_dir)
-    if not links or "</figcaption>" not in figure_html:
-        return figure_html
-    out = figure_html.replace("</figcaption>", f" {links}</figcaption>", 1)
-    png = re.search(r'<a href="([^"]*\.png)">PNG</a>', links)
-    start = out.find("<img ")
-    if png and start >= 0:
-        end = out.index(">", start) + 1
-        out = f'{out[:start]}<a class="full" href="{png.group(1)}">{out[start:end]}</a>{out[end:]}'
-    return out
 
 
 def _html_kv(d: Mapping[str, Any]) -> str:
@@ -452,7 +381,7 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
     """
     metrics = _check(metrics)
     base_dir = Path(base_dir)
-    toc = _Toc()
+    toc = Toc()
     parts = []
     for line in inp.summary:
         parts.append(f"<p>{_e(line)}</p>")
@@ -477,7 +406,7 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
                            f'<td>{r.n_best}</td><td>{r.n_not_worse}/{r.n_metrics}</td>{noise(r)}</tr>'
                            for r in ranking.itertuples())
             head = "<th>#within seed noise of the best</th>" if measured else ""
-            parts.append(_wrap('<table><thead><tr><th class="name">alignment</th><th>mean rank</th><th>#best</th>'
+            parts.append(wrap_table('<table><thead><tr><th class="name">alignment</th><th>mean rank</th><th>#best</th>'
                                f'<th>#not significantly worse</th>{head}</tr></thead><tbody>{rows}</tbody></table>',
                                f"{task} ranking"))
         for cat in _categories(metrics, task):
@@ -491,11 +420,11 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
         if task_figs:
             parts.append(f'<h3 id="{_e(toc.anchor(2, "Figures", f"{task}-figures"))}">Figures</h3>')
         for fig in task_figs:
-            parts.append(_with_links(_html_figure(fig, base_dir), fig, base_dir))
+            parts.append(with_links(_html_figure(fig, base_dir), fig, base_dir))
     others = [f for f in inp.figures if f.task is None or f.task not in tasks]
     if others:
         parts.append(f'<h2 id="{_e(toc.anchor(1, "Figures", "figures"))}">Figures</h2>')
-        parts.extend(_with_links(_html_figure(f, base_dir), f, base_dir) for f in others)
+        parts.extend(with_links(_html_figure(f, base_dir), f, base_dir) for f in others)
     if inp.notes:
         parts.append(f'<h2 id="{_e(toc.anchor(1, "Notes", "notes"))}">Notes</h2>')
     for note in inp.notes:
@@ -526,15 +455,6 @@ def _html_figure(fig: ReportFigure, base_dir: Path) -> str:
 def _md(x) -> str:
     """Escape text for Markdown: HTML-escape (renderers pass raw HTML through) and escape pipes."""
     return html.escape(str(x), quote=False).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_links(fig: ReportFigure, base_dir) -> str:
-    """`` (PNG · SVG · PDF)`` links to a figure's files when ``base_dir`` is known."""
-    if base_dir is None:
-        return ""
-    html_links = _figure_links(fig, Path(base_dir))
-    pairs = re.findall(r'<a href="([^"]*)">([A-Z]+)</a>', html_links)
-    return (" (" + " · ".join(f"[{name}]({html.unescape(href)})" for href, name in pairs) + ")") if pairs else ""
 
 
 def render_markdown(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path | None = None) -> str:
@@ -592,12 +512,12 @@ def render_markdown(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | 
             out += [f"Interactive explorer: [{_md(inp.explorers[task])}]({quote(str(inp.explorers[task]), safe='/._-')})", ""]
         for fig in inp.figures:
             if fig.task == task:
-                out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{_md_links(fig, base_dir)}", ""]
+                out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{md_links(fig, base_dir)}", ""]
     others = [f for f in inp.figures if f.task is None or f.task not in _tasks(metrics)]
     if others:
         out += ["## Figures", ""]
         for fig in others:
-            out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{_md_links(fig, base_dir)}", ""]
+            out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{md_links(fig, base_dir)}", ""]
     for note in inp.notes:
         out += [f"> {_md(note)}", ""]
     if inp.provenance:
