@@ -94,6 +94,18 @@ def test_signed_alternatives_grid_and_transposed_maps():
     assert bars.data["kind"] == "none" and 'class="al-bars"' in bars.html()
 
 
+def test_missing_regions_and_uncovered_pixels_show_nothing():
+    w = np.array([[0.7, np.nan, 0.3]])  # region 1 invalid (NaN): not drawn
+    v = map_view(w, image(), regions=[[0, 0, 10, 10], [10, 0, 20, 10], [0, 20, 10, 30]], tokens=["dog"])
+    assert v.data["maps"][0][0][1] is None
+    import cv2
+
+    png = cv2.imdecode(np.frombuffer(v.png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    s = v.data["display"][0] // H
+    assert np.array_equal(png[15 * s, 30 * s], image()[15, 30])  # no box here: the bare image
+    assert np.array_equal(png[5 * s, 15 * s], image()[5, 15])    # the NaN region: the bare image
+
+
 def test_bad_input_is_a_typed_error():
     with pytest.raises(ShapeError, match="0 words"):
         map_view(np.zeros((0, 3)), regions=BOXES)

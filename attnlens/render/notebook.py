@@ -145,7 +145,7 @@ def _sig(values: np.ndarray) -> list:
 
 
 def map_view(attention=None, image=None, *, alternatives: Mapping | None = None, tokens=None, regions=None,
-             grid=None, gt_boxes=None, cmap=None, alpha: float = 0.7, norm=None, opacity: str = "heat",
+             grid=None, gt_boxes=None, cmap=None, alpha: float | None = None, norm=None, opacity: str | None = None,
              title: str | None = None, max_values: int = 400_000, alternative_name: str = "alternative") -> MapView:
     """An interactive view: word buttons, one selector per extra axis, the word's map on the image.
 
@@ -162,7 +162,9 @@ def map_view(attention=None, image=None, *, alternatives: Mapping | None = None,
         regions: Regions or ``[K, 4]`` xyxy boxes of the keys; ``grid``: ``(rows, cols)`` patches.
         gt_boxes: ``{word: [n, 4]}`` ground-truth boxes outlined when that word is shown.
         cmap, alpha, norm, opacity: as in :func:`~attnlens.render.overlay.overlay`; one colour
-            scale per selection, shared by its words.
+            scale per selection, shared by its words. Defaults: ``alpha=0.7, opacity="heat"`` over
+            an image; full colours (``alpha=1, opacity="constant"``) without one. Pixels no region
+            covers show the bare image (or white).
         title: the view's title.
         max_values: refuse views with more values than this (the page would be slow).
         alternative_name: the label of the alternatives' selector (e.g. ``"alignment"``).
@@ -177,6 +179,10 @@ def map_view(attention=None, image=None, *, alternatives: Mapping | None = None,
     """
     fn = "map_view"
     title = text_option(title, "title", fn)
+    if alpha is None:
+        alpha = 0.7 if image is not None else 1.0
+    if opacity is None:
+        opacity = "heat" if image is not None else "constant"
     alpha = real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
     choice_option(opacity, "opacity", fn, ("heat", "constant"))
     max_values = int_option(max_values, "max_values", fn, lo=1)
@@ -266,8 +272,14 @@ def _static_png(rgb, combo, lim, data, cmap, signed, alpha, opacity, regions, gr
                                           if out.shape[0] >= 24 else np.full((out.shape[0], 1, 3), 255, np.uint8)], 1))
     size = tuple(data["size"])
     base = rgb if rgb is not None else np.full(size + (3,), 255, np.uint8)
-    pix = to_pixels(combo[0], size, regions=None if data["kind"] != "regions" else np.asarray(data["boxes"]),
-                    grid=grid if data["kind"] == "grid" else None)
+    w = np.asarray(combo[0], dtype=np.float64)
+    if data["kind"] == "regions":  # NaN weights (invalid regions) and uncovered pixels: nothing to show
+        keep = np.isfinite(w)
+        boxes = np.asarray(data["boxes"])[keep]
+        pix = np.array(to_pixels(w[keep], size, regions=boxes), dtype=np.float64)
+        pix[to_pixels(np.ones(len(boxes)), size, regions=boxes) == 0] = np.nan
+    else:
+        pix = np.array(to_pixels(w, size, grid=grid), dtype=np.float64)
     scale = max(1, data["display"][0] // size[0])
     out = overlay(base, pix, alpha=alpha, cmap=cmap, norm=norm, vmin=lo, vmax=hi, opacity=opacity, scale=scale,
                   colorbar=True)

@@ -61,6 +61,7 @@ SCRIPT = r"""
   function pixels(w) {  // the pixel map of one word: [H * W] floats (as regions_to_pixels / grid_to_pixels)
     var H = D.size[0], W = D.size[1], out = new Float32Array(H * W), r, x, y;
     if (D.kind === 'regions') {
+      out.fill(NaN);  // no box covers the pixel: nothing to show (the bare image, or white)
       var cover = new Uint8Array(H * W);
       for (r = 0; r < D.boxes.length; r++) {
         var b = D.boxes[r], v = w[r];
@@ -70,7 +71,7 @@ SCRIPT = r"""
         for (y = r0; y < r1; y++) {
           for (x = c0; x < c1; x++) {
             var k = y * W + x;
-            if (!cover[k] || v > out[k]) { out[k] = v; cover[k] = 1; }
+            if (!cover[k] || v > out[k]) { out[k] = v; cover[k] = 1; }  // the largest weight wins
           }
         }
       }
