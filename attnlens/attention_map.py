@@ -349,10 +349,47 @@ class AttentionMap:
             extra.append(f"site={self.site!r}")
         return f"AttentionMap({shape}{', ' if extra else ''}{', '.join(extra)})"
 
+    def view(self, image=None, **kwargs):
+        """An interactive notebook view: click a word to see its map over ``image``, switch the
+        other axes (layer, head ...) with selectors (:func:`attnlens.render.notebook.map_view`;
+        ``kwargs`` go to it). A map of one query (after ``sel(word=...)``) shows that one word.
+
+        >>> amap = AttentionMap(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), ("word", "region"),
+        ...                     query=Side("word", "text", ("red", "dog")))
+        >>> amap.view()
+        MapView(words=2, keys=2)
+        """
+        from .render.notebook import map_view  # display only: the renderer is imported on use
+
+        amap = self
+        if self.weights.ndim == 1:
+            label = str(self.meta.get(f"selected_{self.query.dim}", self.query.dim))
+            amap = replace(self, weights=self.weights[None], scores=None, dims=("query",) + self.dims,
+                           query=Side("query", "text", (label,)))
+        return map_view(amap, image, **kwargs)
+
+    def _repr_png_(self) -> bytes | None:
+        """A static PNG (the first word's map) for front ends without scripts (nbconvert, GitHub)."""
+        from .errors import AttnlensError
+
+        try:
+            return self.view().png
+        except AttnlensError:
+            return None
+
     def _repr_html_(self) -> str:
+        """The interactive view (:meth:`view`); a text summary when the map cannot be shown."""
+        from .errors import AttnlensError
+
+        try:
+            return f"<div><pre>{html.escape(repr(self))}</pre>{self.view()._repr_html_()}</div>"
+        except AttnlensError:
+            return self._table_html()
+
+    def _table_html(self) -> str:
         title = html.escape(repr(self))
         w = self.numpy()
-        if w.ndim != 2 or w.shape[0] > 40 or w.shape[1] > 60:
+        if w.ndim != 2 or w.size == 0 or w.shape[0] > 40 or w.shape[1] > 60:
             return f"<pre>{title}</pre>"
         rows = self.query.labels if self.query.dim == self.dims[0] else None
         cols = self.key.labels if self.key.dim == self.dims[1] else None

@@ -258,11 +258,19 @@ def evaluate(model_ref, data, out, spec, fmt, split, vocab, explainers, n_exampl
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--limit", type=click.IntRange(min=1), default=8, show_default=True, help="Examples to draw.")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
-def render(maps, out, limit, fmt):
-    """Draw saved maps (from `attnlens capture` or a study unit) as figures and an explorer page."""
+@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=300, show_default=True,
+              help="Resolution of PNG files (and of the images inside SVG/PDF files).")
+@click.option("--width", default="column", show_default=True,
+              help="Figure width in inches: 'column' (3.3), 'page' (6.9) or a number.")
+@click.option("--words/--no-words", default=True, show_default=True,
+              help="Also draw one panel per word of each caption (<example>_words.<format>).")
+def render(maps, out, limit, fmt, dpi, width, words):
+    """Draw saved maps (from `attnlens capture` or a study unit) as publication figures (fonts embedded,
+    sizes in inches) and an explorer page."""
     from tqdm.auto import tqdm
 
-    from .io import save_figure
+    from .render.export import export, paper_width
+    from .study.figures import words_figure
     from .study.figures import grid_figure, write_explorer
     from .study.units import load_examples
 
@@ -282,12 +290,33 @@ def render(maps, out, limit, fmt):
         raise click.ClickException(f"no maps in {maps}")
     name = "maps"
     per = {name: {e["example_id"]: e for e in examples}}
+    width = _paper_width_option(width)
     out.mkdir(parents=True, exist_ok=True)
+    n = 0
     for e in tqdm(examples, desc="render", leave=False):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in e["example_id"])
-        save_figure(grid_figure(per, e["example_id"], [name]), out / f"{safe}.{fmt}", dpi=100)
+        export(grid_figure(per, e["example_id"], [name]), out / f"{safe}.{fmt}", dpi=dpi, width=width)
+        n += 1
+        if words:
+            export(words_figure(e), out / f"{safe}_words.{fmt}", dpi=dpi, width=width)
+            n += 1
     write_explorer(per, examples[0]["example_id"], [name], out / "explorer.html")
-    click.echo(f"{len(examples)} figure(s) and explorer.html written to {out}")
+    click.echo(f"{n} figure(s) ({fmt}, {paper_width(width):g} in wide) and explorer.html written to {out}")
+
+
+def _paper_width_option(width: str):
+    """``--width``: 'column', 'page' or a number of inches (a usage error otherwise)."""
+    from .render.export import paper_width
+
+    try:
+        value = float(width)
+    except ValueError:
+        value = width
+    try:
+        paper_width(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise click.BadParameter(str(exc.args[0] if exc.args else exc), param_hint="--width") from None
+    return value
 
 
 @cli.command()

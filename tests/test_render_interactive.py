@@ -207,3 +207,20 @@ def test_interactive_html_in_headless_chromium(tmp_path):
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.std() > 20
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200   # image, heat and bars, not a flat page
+
+
+def test_heat_opacity_follows_the_heat_and_signed_maps_are_centred():
+    img = np.zeros((20, 30, 3), np.uint8)
+    boxes = [[0, 0, 10, 10], [10, 5, 30, 20]]
+    v = R.interactive(img, np.array([[0.9, 0.1], [0.2, 0.8]]), tokens=["red", "dog"], regions=boxes, alpha=0.8)
+    scale = v.figure.data[2].colorscale
+    assert scale[0][1].endswith(",0.0000)") and scale[-1][1].endswith(",0.8000)")  # transparent at the low end
+    assert v.figure.data[2].opacity == 1.0
+    s = R.interactive(img, np.array([[-0.9, 0.3], [0.2, -0.4]]), tokens=["red", "dog"], regions=boxes)
+    data = _payload(s)
+    assert data["signed"] and data["zlim"][0][0] == [-0.9, 0.9]
+    mid = [c for t, c in s.figure.data[2].colorscale if abs(t - 0.5) < 0.04]
+    assert mid and all(float(c.rsplit(",", 1)[1][:-1]) < 0.1 for c in mid)  # near 0: (almost) transparent
+    from attnlens.render.heatmap import signed_lut
+
+    assert s.figure.data[0].marker.color[0] == "#{:02x}{:02x}{:02x}".format(*signed_lut("RdBu_r")[1])  # -0.9: full blue

@@ -5,7 +5,7 @@ import torch
 
 import attnlens.render as R
 from attnlens.attention_map import AttentionMap, Side
-from attnlens.errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
+from attnlens.errors import DTypeError, NonFiniteError, ParameterError, ShapeError, UnknownNameError
 from attnlens.geometry import box_masks, regions_to_pixels
 from attnlens.render.heatmap import color_index, colormap_lut, limits
 from attnlens.render.overlay import GT_COLOR, as_rgb
@@ -24,24 +24,51 @@ def box_mask(box):
 
 
 # ----------------------------------------------------------------------------- reference
-def slow_overlay(img, heat, alpha, cmap, lo, hi):
-    """Pixel by pixel: colour = table[round-half-even(255 * clip((v - lo) / (hi - lo)))], blended."""
+def slow_overlay(img, heat, alpha, cmap, lo, hi, follow=True):
+    """Pixel by pixel: colour = table[i], i = round-half-even(255 * clip((v - lo) / (hi - lo))), blended
+    with opacity alpha * i / 255 (follow=True: the opacity follows the heat's colour position) or alpha."""
     lut = colormap_lut(cmap).astype(float)
     out = np.zeros_like(img)
     for r in range(img.shape[0]):
         for c in range(img.shape[1]):
             t = 0.0 if hi <= lo else min(max((heat[r, c] - lo) / (hi - lo), 0.0), 1.0)
-            col = lut[int(np.round(255 * t))]
-            out[r, c] = np.clip(np.round((1 - alpha) * img[r, c] + alpha * col), 0, 255)
+            i = int(np.round(255 * t))
+            col = lut[i]
+            a = alpha * i / 255 if follow else alpha
+            out[r, c] = np.clip(np.round((1 - a) * img[r, c] + a * col), 0, 255)
+    return out
+
+
+def slow_signed_overlay(img, heat, alpha, cmap):
+    """Pixel by pixel, signed: m = max|v|, k = round(127 v / m), the colour at (127 + k) / 254 of the map,
+    opacity alpha * |k| / 127."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].resampled(255)
+    m = np.abs(heat).max()
+    out = np.zeros_like(img)
+    for r in range(img.shape[0]):
+        for c in range(img.shape[1]):
+            k = int(np.rint(127 * heat[r, c] / m))          # -127..127
+            col = np.round(np.asarray(cm(127 + k)[:3]) * 255)  # the colour at (127 + k) / 254
+            a = alpha * abs(k) / 127
+            out[r, c] = np.clip(np.round((1 - a) * img[r, c] + a * col), 0, 255)
     return out
 
 
 def test_matches_slow_reference():
     rng = np.random.default_rng(1)
-    img, heat = image()[:12, :16], rng.normal(size=(12, 16))
-    out = R.overlay(img, heat, alpha=0.4, cmap="inferno")
-    ref = slow_overlay(img, heat, 0.4, "inferno", heat.min(), heat.max())
+    img, heat = image()[:12, :16], rng.random(size=(12, 16))
+    out = R.overlay(img, heat, alpha=0.8, cmap="inferno")
+    ref = slow_overlay(img, heat, 0.8, "inferno", heat.min(), heat.max())
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1  # float rounding of the blend only
+    out = R.overlay(img, heat, alpha=0.4, cmap="inferno", opacity="constant")
+    ref = slow_overlay(img, heat, 0.4, "inferno", heat.min(), heat.max(), follow=False)
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    signed = rng.normal(size=(12, 16))
+    out = R.overlay(img, signed, alpha=0.9)  # negative values: symmetric, RdBu_r by default
+    ref = slow_signed_overlay(img, signed, 0.9, "RdBu_r")
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_region_peak_lies_in_its_box():
@@ -88,7 +115,7 @@ def test_input_never_mutated_and_types_kept():
 @pytest.mark.parametrize("cmap", ["jet", "inferno", "turbo"])
 def test_rgb_order_high_value_is_red(cmap):
     img = np.zeros((2, 2, 3), np.uint8)
-    out = R.overlay(img, np.array([[0.0, 0.0], [0.0, 1.0]]), alpha=1.0, cmap=cmap)
+    out = R.overlay(img, np.array([[0.0, 0.0], [0.0, 1.0]]), alpha=1.0, cmap=cmap, opacity="constant")
     r, g, b = out[1, 1].astype(int)
     assert r > b + 60, (cmap, out[1, 1])
     if cmap == "jet":
@@ -182,8 +209,9 @@ def test_fixed_limits_give_equal_colours_across_overlays():
     assert np.array_equal(pa[5, 5], pb[5, 5])
     assert not np.array_equal(R.overlay(img, a, alpha=1.0)[5, 5], R.overlay(img, b, alpha=1.0)[5, 5])
     assert limits(a, (0, 2)) == (0.0, 2.0)
-    const = R.overlay(img, np.full((H, W), 3.0), alpha=1.0)  # equal limits: lowest colour, no crash
+    const = R.overlay(img, np.full((H, W), 3.0), alpha=1.0, opacity="constant")  # equal limits: no crash
     assert np.all(const == colormap_lut("viridis")[0])
+    assert np.array_equal(R.overlay(img, np.full((H, W), 3.0), alpha=1.0), img)  # lowest heat: bare image
 
 
 def test_boxes_and_topk_labels_drawn():
@@ -221,7 +249,7 @@ def test_color_index_rounding_and_clipping():
     idx, nan = color_index(np.array([[-5.0, 0.0, 0.5, 1.0, 7.0, np.nan]]), 0.0, 1.0)
     assert idx.tolist() == [[0, 0, 128, 255, 255, 0]] and nan.tolist() == [[0, 0, 0, 0, 0, 1]]
     assert color_index(np.ones((2, 2)), 1.0, 1.0)[0].tolist() == [[0, 0], [0, 0]]
-    with pytest.raises(ShapeError):
+    with pytest.raises(ParameterError, match="alpha"):
         R.overlay(image(), np.zeros((H, W)), alpha=1.5)
 
 

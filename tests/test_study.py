@@ -226,6 +226,31 @@ def test_study_report_opens_in_chromium(study, tmp_path):
     assert chromium_console_errors(study.out / "explorer" / "fake.html", tmp_path) == ""
 
 
+@pytest.mark.browser
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
+def test_study_report_fits_the_window(study, tmp_path, width, height):
+    from browser import CHROMIUM, layout, open_page
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed")
+    m = layout(study.out / "report.html", tmp_path, width=width, height=height)
+    assert m["scrollWidth"] == m["clientWidth"] == width and m["bad"] == [], m
+    shot = tmp_path / f"study_report_{width}x{height}.png"
+    _, consoles, rc = open_page((study.out / "report.html").as_uri(), tmp_path, width=width, height=height, shot=shot)
+    assert rc == 0 and consoles == [] and shot.exists()
+
+
+def test_study_figures_in_three_formats_linked_from_the_report(study):
+    figs = study.out / "figures"
+    pngs = sorted(p.stem for p in figs.glob("fake_*.png"))
+    assert {"fake_gallery_best", "fake_curves", "fake_grid", "fake_words"} <= set(pngs)
+    page = (study.out / "report.html").read_text()
+    for stem in pngs:
+        for fmt in ("png", "svg", "pdf"):
+            assert (figs / f"{stem}.{fmt}").stat().st_size > 0
+            assert f'href="figures/{stem}.{fmt}"' in page
+
+
 def test_changed_settings_rerun_stale_units(study, tmp_path):
     import shutil
 

@@ -7,6 +7,10 @@
   through the words.
 * A URL fragment such as ``#word=2&region=5&alt=1`` opens the saved page in that state.
 
+The heat's colour opacity follows its value (the colour scale's stops carry ``alpha * t``), so zero
+heat shows the bare image; signed maps use a diverging colour map centred at 0 on a symmetric
+scale, as :func:`~attnlens.render.overlay.overlay` does.
+
 The heat is drawn as plotly cells whose edges are the region boxes' pixel bounds (or the patch
 grid), and each cell's value is sampled from :func:`attnlens.geometry.regions_to_pixels` (or
 ``grid_to_pixels``): exactly the pixel map the metrics see, stored compactly. ``save_html``
@@ -27,10 +31,10 @@ import numpy as np
 
 from ..errors import NonFiniteError, ShapeError, UnknownNameError, require
 from ..geometry import pixel_bounds
-from ..types import as_token_tuple
 from .export import atomic_write
 from .linked_view import SCRIPT as _JS
-from .heatmap import colormap_lut, limits, region_boxes, to_pixels
+from ._checks import choice_option, heat_array, int_option, real_option, text_option, word_list
+from .heatmap import colormap_lut, limits, region_boxes, resolve_cmap, signed_lut, to_pixels
 from .overlay import as_rgb
 
 __all__ = ["InteractiveView", "interactive", "save_html"]
@@ -83,7 +87,7 @@ def save_html(fig, path) -> Path:
 # --------------------------------------------------------------------------- inputs
 def _orient(amap):
     """An AttentionMap as ``(weights [..., words, keys], extra dims, word tokens, key side)``."""
-    w = amap.weights.detach().cpu().numpy()
+    w = heat_array(amap.weights, "attention", "interactive")
     q, k = amap.query, amap.key
     if q.modality == "image" and k.modality == "text":  # i2t: make words the second-last axis
         w = np.swapaxes(w, -1, -2)
@@ -116,7 +120,9 @@ def _alternatives(attention, alternatives, tokens, regions, grid):
                     label = ", ".join(f"{d}={i}" for d, i in zip(extra, idx))
                     out[f"{name} {label}"] = w[idx]
         else:
-            arr = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+            arr = heat_array(a, "attention" if attention is a else f"alternative {name!r}", "interactive")
+            if arr.ndim not in (2, 3):
+                raise ShapeError(f"interactive: attention {name!r} must be [L, K] or [L, H, W], got {arr.shape}")
             out[str(name)] = np.asarray(arr, dtype=np.float64)
     return out, tokens, regions, grid
 
@@ -158,7 +164,7 @@ def _round(a, digits=5):
         else [_round(x, digits) for x in out]
 
 
-def _cells(alts, boxes, grid, size, pixel_input, max_cells):
+def _cells(alts, boxes, grid, size, pixel_input, max_cells, signed=False):
     """Heat cells of every alternative and word: ``(x edges, y edges, z [A][L][ny, nx], bar heights)``.
 
     Region/patch input: the cell edges are the boxes' pixel bounds, so every cell is uniform in
@@ -189,16 +195,37 @@ def _cells(alts, boxes, grid, size, pixel_input, max_cells):
                 pix = to_pixels(word, (H, W), regions=None if grid is not None else boxes, grid=grid)
                 zs.append(np.asarray(pix)[rows][:, cols])
         z.append(zs)
-        bars.append([float(np.max(word)) for word in a])
+        bars.append([float(np.max(word)) if signed is False else float(word.flat[np.argmax(np.abs(word))])
+                     for word in a])
     return xe, ye, z, bars
 
 
-def _bar_colors(values, hexes):
-    """Bar colours as the linking script computes them (scale from min(0, min) to max)."""
+def _bar_colors(values, hexes, signed: bool = False):
+    """Bar colours as the linking script computes them (scale from min(0, min) to max; signed:
+    centred at 0 on ``(-m, m)``)."""
     v = np.asarray(values, dtype=float)
+    if signed:
+        m = float(np.abs(v).max()) if v.size else 0.0
+        idx = 128 + np.floor(127 * np.clip(v / m, -1, 1) + 0.5) if m > 0 else np.full(v.shape, 128)
+        return [hexes[int(i)] for i in idx]
     lo, hi = min(0.0, float(v.min())), float(v.max())
     t = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
     return [hexes[int(np.floor(x * 255 + 0.5))] for x in t]
+
+
+def _colorscale(lut, alpha: float, signed: bool, n: int = 16) -> list:
+    """Plotly colour-scale stops whose opacity follows the heat: ``alpha * t`` (sequential) or
+    ``alpha * |2t - 1|`` (signed), so the lowest (or zero) heat is transparent."""
+    stops = []
+    for i in range(n):
+        t = i / (n - 1)
+        if signed:
+            idx, a = 128 + round(127 * (2 * t - 1)), alpha * abs(2 * t - 1)
+        else:
+            idx, a = round(255 * t), alpha * t
+        r, g, b = (int(c) for c in lut[idx])
+        stops.append([t, f"rgba({r},{g},{b},{a:.4f})"])
+    return stops
 
 
 def _top_shapes(weights, boxes, top_k):
@@ -210,7 +237,7 @@ def _top_shapes(weights, boxes, top_k):
 
 # --------------------------------------------------------------------------- view
 def interactive(image, attention=None, *, tokens=None, regions=None, alternatives: Mapping | None = None,
-                grid=None, cmap="viridis", alpha: float = 0.6, share: str = "alternative", top_k: int = 3,
+                grid=None, cmap=None, alpha: float = 0.7, share: str = "alternative", top_k: int = 3,
                 title: str | None = None, max_cells: int = 160, height: int = 720) -> InteractiveView:
     """A linked word/image view of text-to-image attention.
 
@@ -225,7 +252,8 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
         alternatives: ``{name: weights}`` of the same kinds (alignment functions, layers,
             heads) switched by buttons; ``attention`` (if given) comes first.
         grid: ``(rows, cols)`` patch grid.
-        cmap, alpha: colour map and heat opacity.
+        cmap, alpha: colour map (default ``viridis``, ``RdBu_r`` for signed maps) and the heat's
+            largest opacity (the opacity follows the heat).
         share: colour scale per ``"alternative"`` (default), over ``"all"`` or per ``"map"``.
         top_k: outline the top-k regions of the selected word.
         title: page and figure title.
@@ -244,15 +272,24 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
     ('&lt;b&gt;',)
     """
     go = require("plotly.graph_objects", "render")
+    fn = "interactive"
+    title = text_option(title, "title", fn)
+    alpha = real_option(alpha, "alpha", fn, lo=0.0, hi=1.0)
+    top_k = int_option(top_k, "top_k", fn, lo=0)
+    max_cells = int_option(max_cells, "max_cells", fn, lo=1, hi=4096)
+    height = int_option(height, "height", fn, lo=100, hi=10000)
+    choice_option(share, "share", fn, ("alternative", "all", "map"))
     rgb = as_rgb(image)
     H, W = rgb.shape[:2]
     alts, tokens, regions, grid = _alternatives(attention, alternatives, tokens, regions, grid)
     names = list(alts)
     first = alts[names[0]]
     L = first.shape[0]
-    words = as_token_tuple(tokens) if tokens is not None else tuple(str(i) for i in range(L))
+    words = word_list(tokens, "tokens", fn) if tokens is not None else tuple(str(i) for i in range(L))
     if len(words) != L:
         raise ShapeError(f"interactive: {len(words)} tokens but attention has {L} words (shape {first.shape})")
+    if L == 0 or 0 in first.shape[1:]:
+        raise ShapeError(f"interactive: attention of shape {first.shape} has no words or no keys; nothing to show")
     for n in names:
         if alts[n].shape != first.shape:
             raise ShapeError(f"alternative {n!r} has shape {alts[n].shape}, {names[0]!r} has {first.shape}")
@@ -270,22 +307,26 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
     else:
         raise ShapeError(f"attention of shape {first.shape} needs regions= or grid= (or pass [L, H, W] maps)")
 
-    xe, ye, z, bars = _cells(alts, boxes, grid if regions is None else None, (H, W), pixel_input, max_cells)
+    signed = any(bool(np.nanmin(alts[n]) < 0) for n in names if np.isfinite(alts[n]).any())
+    norm = "symmetric" if signed else "map"
+    xe, ye, z, bars = _cells(alts, boxes, grid if regions is None else None, (H, W), pixel_input, max_cells,
+                             signed)
     zlim = []
     zall = np.asarray(z)
     for i in range(len(names)):
         if share == "all":
-            zlim.append([limits(zall)] * L)
+            zlim.append([limits(zall, norm)] * L)
         elif share == "alternative":
-            zlim.append([limits(zall[i])] * L)
+            zlim.append([limits(zall[i], norm)] * L)
         elif share == "map":
-            zlim.append([limits(zall[i, l]) for l in range(L)])
+            zlim.append([limits(zall[i, l], norm) for l in range(L)])
         else:
             raise UnknownNameError("interactive scaling", str(share), ["alternative", "all", "map"])
 
-    lut = colormap_lut(cmap)
+    cmap = resolve_cmap(cmap, signed)
+    lut = signed_lut(cmap) if signed else colormap_lut(cmap)
     hexes = ["#{:02x}{:02x}{:02x}".format(*map(int, c)) for c in lut]
-    colorscale = [[i / 15, hexes[round(i * 255 / 15)]] for i in range(16)]
+    colorscale = _colorscale(lut, alpha, signed)
     esc = lambda t: html.escape(str(t), quote=False)  # noqa: E731  (plotly shows &lt; &gt; &amp; as text)
     esc_words = [esc(w) for w in words]
     labels = getattr(regions, "labels", None)
@@ -296,14 +337,14 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
 
     pixel_boxes = [] if boxes is None else np.stack(_bounds_xyxy(boxes, (H, W)), axis=1).tolist()
     bar = go.Bar(x=list(range(L)), y=bars[0], name="words",
-                 marker=dict(color=_bar_colors(bars[0], hexes), line=dict(color="#d62728",
+                 marker=dict(color=_bar_colors(bars[0], hexes, signed), line=dict(color="#d62728",
                                                                           width=[3] + [0] * (L - 1))),
                  hovertext=[f"{w}: {v:.4g}" for w, v in zip(esc_words, bars[0])], hoverinfo="text",
                  xaxis="x", yaxis="y")
     img = go.Image(source=_png_uri(rgb), x0=0.5, y0=0.5, dx=1, dy=1, xaxis="x2", yaxis="y2", hoverinfo="skip",
                    name="image")
     heat = go.Heatmap(z=z[0][0], x=xe.tolist(), y=ye.tolist(), zmin=zlim[0][0][0], zmax=zlim[0][0][1],
-                      colorscale=colorscale, opacity=alpha, xaxis="x2", yaxis="y2", name="heat",
+                      colorscale=colorscale, opacity=1.0, xaxis="x2", yaxis="y2", name="heat",
                       colorbar=dict(len=0.7, y=0.36), hovertemplate="weight %{z:.4g}<extra></extra>")
     layout = dict(
         title=dict(text=f"{title_text}: {esc_words[0]} ({esc_names[0]})", y=0.98, yref="container"),
@@ -333,7 +374,7 @@ def interactive(image, attention=None, *, tokens=None, regions=None, alternative
         "boxes": pixel_boxes,
         "weights": None if pixel_input else [_round(alts[n]) for n in names],
         "z": [[_round(m) for m in zs] for zs in z], "zlim": _round(zlim), "bars": _round(bars),
-        "colors": hexes, "top_k": int(top_k), "xe": xe.tolist(), "ye": ye.tolist(),
+        "colors": hexes, "signed": bool(signed), "top_k": int(top_k), "xe": xe.tolist(), "ye": ye.tolist(),
     }
     payload = json.dumps(data, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e") \
         .replace("&", "\\u0026")

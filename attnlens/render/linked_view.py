@@ -14,6 +14,10 @@ SCRIPT = r"""
   var S = {alt: 0, word: 0, region: -1};
 
   function color(v, lo, hi) {
+    if (D.signed) {
+      var m = Math.max(Math.abs(lo), Math.abs(hi));
+      return D.colors[m > 0 ? 128 + Math.floor(127 * Math.max(-1, Math.min(1, v / m)) + 0.5) : 128];
+    }
     var t = hi > lo ? (v - lo) / (hi - lo) : 0;
     t = Math.max(0, Math.min(1, t));
     return D.colors[Math.round(t * 255)];

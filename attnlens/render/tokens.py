@@ -2,8 +2,9 @@
 
 Colours come from the same colour tables as the overlays (:func:`colormap_lut`), and the
 normalisation follows :func:`attnlens.render.heatmap.limits` (the scores' own min and max unless
-``vmin``/``vmax`` are given). Every word and title that reaches HTML is escaped; NaN scores are
-shown without a background.
+``vmin``/``vmax`` are given; signed scores, e.g. gradient relevance, are centred at 0 on a diverging
+colour map by default). Every word and title that reaches HTML is escaped; NaN scores are shown
+without a background.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ShapeError
-from ..types import as_token_tuple
+from ._checks import heat_array, text_option, word_list
 from .export import atomic_write, mpl_text, save_figure
-from .heatmap import colormap_lut, limits, normalize
+from .heatmap import color_index, colormap_lut, limits, normalize, resolve_cmap, resolve_norm, signed_lut
 
 __all__ = ["TokenStrip", "tokens"]
 
@@ -47,10 +48,16 @@ class TokenStrip:
     vmin: float = 0.0
     vmax: float = 1.0
     title: str | None = None
+    signed: bool = False
 
     @property
     def colors(self) -> np.ndarray:
         """``[L, 3]`` uint8 RGB background colours (row of zeros where the score is NaN)."""
+        if self.signed:
+            idx, _ = color_index(np.asarray(self.scores, dtype=np.float64)[None], self.vmin, self.vmax, signed=True)
+            out = signed_lut(self.cmap)[idx[0]].copy()
+            out[np.isnan(self.scores)] = 0
+            return out
         u = normalize(self.scores, self.vmin, self.vmax)
         idx = np.rint(np.nan_to_num(u) * 255).astype(np.int64)
         out = colormap_lut(self.cmap)[idx].copy()
@@ -91,7 +98,7 @@ class TokenStrip:
         width = width or max(3.0, 0.75 * n + (1.2 if colorbar else 0.3))
         fig = Figure(figsize=(width, 1.1 if not self.title else 1.4), dpi=dpi)
         ax = fig.add_subplot()
-        lut = colormap_lut(self.cmap)
+        lut = signed_lut(self.cmap)[1:] if self.signed else colormap_lut(self.cmap)
         cm = ListedColormap(lut / 255.0).with_extremes(bad=(1, 1, 1, 0))
         data = np.ma.masked_invalid(np.asarray(self.scores, dtype=float))[None, :]
         im = ax.imshow(data, cmap=cm, norm=Normalize(self.vmin, self.vmax, clip=True), aspect="auto",
@@ -120,15 +127,17 @@ class TokenStrip:
         return save_figure(self.to_figure(), path, dpi=dpi)
 
 
-def tokens(words, scores, *, cmap="viridis", vmin: float | None = None, vmax: float | None = None,
-           title: str | None = None) -> TokenStrip:
+def tokens(words, scores, *, cmap=None, vmin: float | None = None, vmax: float | None = None,
+           title: str | None = None, norm=None) -> TokenStrip:
     """Words highlighted by ``scores``.
 
     Args:
         words: ``L`` words (a string is split on whitespace).
         scores: ``[L]`` scores (array, tensor or a one-axis AttentionMap); NaN = no score.
-        cmap: colour map name or ``[256, 3]`` RGB table.
+        cmap: colour map name or ``[256, 3]`` RGB table (default ``viridis``, ``RdBu_r`` when signed).
         vmin, vmax: colour-scale limits (default: the scores' min and max).
+        norm: ``None`` (``"symmetric"`` when a score is negative, else ``"map"``), ``"map"`` or
+            ``"symmetric"`` (limits ``(-m, m)``, 0 in the colour map's centre).
         title: optional caption.
 
     Returns:
@@ -138,21 +147,23 @@ def tokens(words, scores, *, cmap="viridis", vmin: float | None = None, vmax: fl
     >>> "&lt;b&gt;dog&lt;/b&gt;" in strip.html(), "<b>" in strip.html()
     (True, False)
     """
-    if hasattr(scores, "dims") and hasattr(scores, "weights"):
-        scores = scores.weights
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu().numpy()
-    s = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(heat_array(scores, "scores", "tokens"), dtype=np.float64)
     if s.ndim == 2 and 1 in s.shape:
         s = s.reshape(-1)
-    words = as_token_tuple(words)
+    words = word_list(words, "words", "tokens")
+    title = text_option(title, "title", "tokens")
+    finite = s[np.isfinite(s)]
+    norm = resolve_norm(norm, float(finite.min()) if finite.size else 0.0)
+    signed = isinstance(norm, str) and norm == "symmetric"
+    cmap = resolve_cmap(cmap, signed)
+    colormap_lut(cmap)  # an unknown or malformed colour map is an error here, not when shown
     if s.ndim != 1 or len(s) != len(words):
         raise ShapeError(f"tokens: {len(words)} words need [{len(words)}] scores, got shape {s.shape}")
     if np.isinf(s).any():
         from ..errors import NonFiniteError
 
         raise NonFiniteError(f"token scores contain infinite values at {np.nonzero(np.isinf(s))[0].tolist()}")
-    lo, hi = limits(s, "map", vmin=vmin, vmax=vmax)
+    lo, hi = limits(s, norm if signed or isinstance(norm, (tuple, list)) else "map", vmin=vmin, vmax=vmax)
     s = s.copy()
     s.setflags(write=False)
-    return TokenStrip(words, s, cmap, lo, hi, title)
+    return TokenStrip(words, s, cmap, lo, hi, title, signed)

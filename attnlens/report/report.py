@@ -13,6 +13,11 @@ Inputs are plain data, so a report can be rebuilt from disk without rerunning an
 Everything that reaches HTML (captions, names, tokens, file names, provenance values) goes
 through :func:`html.escape`; the page has no script and loads nothing from the network.
 
+Layout (read at 1280 px and on a 390 px phone): a table of contents after the title; every table
+sits in its own horizontally scrolling box whose first column (the alignment function) stays in
+place, so the page itself never scrolls sideways; figures scale to the page width and link to
+their PNG/SVG/PDF files (the files beside the figure's path with the same name).
+
 Seeds: with two or more training seeds per alignment function, every cell also shows the range of
 the per-seed means and their standard deviation, and ``~`` marks a difference from the best that
 lies within seed noise (per-seed ranges overlap); with one seed the report says that the seed
@@ -32,6 +37,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from .layout import Toc, md_links, with_links, wrap_table
 from ..errors import FormatError
 from ..io import confine, write_text
 
@@ -356,13 +362,13 @@ def _html_table(metrics: pd.DataFrame, task: str, category: str) -> str:
             if isinstance(g, str) and g:
                 eqg = f" <small>(≡ {_e(g)})</small>"
         body.append(f'<tr><td class="name">{_e(align)}{eqg}</td>{"".join(cells)}</tr>')
-    return (f'<div class="table-wrap"><table><thead><tr><th class="name">alignment</th>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return wrap_table(f'<table><thead><tr><th class="name">alignment</th>{head}</tr></thead>'
+                 f'<tbody>{"".join(body)}</tbody></table>', f"{task} {category}", hint=len(table.columns) > 1)
 
 
 def _html_kv(d: Mapping[str, Any]) -> str:
     rows = "".join(f'<tr><td class="name">{_e(k)}</td><td class="name">{_e(v)}</td></tr>' for k, v in d.items())
-    return f"<table>{rows}</table>"
+    return f'<table class="kv">{rows}</table>'
 
 
 def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path = ".") -> str:
@@ -375,7 +381,8 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
     """
     metrics = _check(metrics)
     base_dir = Path(base_dir)
-    parts = [f"<h1>{_e(inp.title)}</h1>"]
+    toc = Toc()
+    parts = []
     for line in inp.summary:
         parts.append(f"<p>{_e(line)}</p>")
     parts.append('<p class="legend">Cells: mean [95% bootstrap CI]. ▲ best alignment function for the '
@@ -385,44 +392,53 @@ def render_html(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path
                  '(a difference would be noise). Hover a cell for n, exclusions, p and effect size.</p>')
     note, measured = seed_note(metrics)
     parts.append(f'<p class="{"legend" if measured else "note warn"}">{_e(note)}</p>')
-    for task in _tasks(metrics):
-        parts.append(f'<h2 id="task-{_e(quote(task))}">Task: {_e(task)}</h2>')
+    tasks = _tasks(metrics)
+    for task in tasks:
+        sid = toc.anchor(1, f"Task: {task}", f"task-{task}")
+        parts.append(f'<h2 id="{_e(sid)}">Task: {_e(task)}</h2>')
         for line in _equivalence_lines(inp.equivalences.get(task)):
             parts.append(f'<div class="note">{_e(line)}</div>')
         ranking = ranking_table(metrics, task)
         if len(ranking):
-            parts.append("<h3>Ranking summary</h3>")
+            parts.append(f'<h3 id="{_e(toc.anchor(2, "Ranking summary", f"{task}-ranking"))}">Ranking summary</h3>')
             noise = (lambda r: f"<td>{r.n_within_seed_noise}/{r.n_metrics}</td>") if measured else (lambda r: "")
             rows = "".join(f'<tr><td class="name">{_e(r.alignment)}</td><td>{r.mean_rank:.2f}</td>'
                            f'<td>{r.n_best}</td><td>{r.n_not_worse}/{r.n_metrics}</td>{noise(r)}</tr>'
                            for r in ranking.itertuples())
             head = "<th>#within seed noise of the best</th>" if measured else ""
-            parts.append('<table><thead><tr><th class="name">alignment</th><th>mean rank</th><th>#best</th>'
-                         f'<th>#not significantly worse</th>{head}</tr></thead><tbody>{rows}</tbody></table>')
+            parts.append(wrap_table('<table><thead><tr><th class="name">alignment</th><th>mean rank</th><th>#best</th>'
+                               f'<th>#not significantly worse</th>{head}</tr></thead><tbody>{rows}</tbody></table>',
+                               f"{task} ranking"))
         for cat in _categories(metrics, task):
-            parts.append(f"<h3>{_e(cat.capitalize())}</h3>")
+            cid = toc.anchor(2, cat.capitalize(), f"{task}-{cat}")
+            parts.append(f'<h3 id="{_e(cid)}">{_e(cat.capitalize())}</h3>')
             parts.append(_html_table(metrics, task, cat))
         if task in inp.explorers:
             href = quote(str(inp.explorers[task]), safe="/._-")
             parts.append(f'<p>Interactive explorer (opens offline): <a href="{_e(href)}">{_e(inp.explorers[task])}</a></p>')
-        for fig in inp.figures:
-            if fig.task == task:
-                parts.append(_html_figure(fig, base_dir))
-    others = [f for f in inp.figures if f.task is None or f.task not in _tasks(metrics)]
+        task_figs = [f for f in inp.figures if f.task == task]
+        if task_figs:
+            parts.append(f'<h3 id="{_e(toc.anchor(2, "Figures", f"{task}-figures"))}">Figures</h3>')
+        for fig in task_figs:
+            parts.append(with_links(_html_figure(fig, base_dir), fig, base_dir))
+    others = [f for f in inp.figures if f.task is None or f.task not in tasks]
     if others:
-        parts.append("<h2>Figures</h2>")
-        parts.extend(_html_figure(f, base_dir) for f in others)
+        parts.append(f'<h2 id="{_e(toc.anchor(1, "Figures", "figures"))}">Figures</h2>')
+        parts.extend(with_links(_html_figure(f, base_dir), f, base_dir) for f in others)
+    if inp.notes:
+        parts.append(f'<h2 id="{_e(toc.anchor(1, "Notes", "notes"))}">Notes</h2>')
     for note in inp.notes:
         parts.append(f'<div class="note">{_e(note)}</div>')
     if inp.provenance:
-        parts.append("<h2>Provenance</h2>")
+        parts.append(f'<h2 id="{_e(toc.anchor(1, "Provenance", "provenance"))}">Provenance</h2>')
         flat = {k: v for k, v in inp.provenance.items() if not isinstance(v, (dict, list))}
         if flat:
             parts.append(_html_kv(flat))
         nested = {k: v for k, v in inp.provenance.items() if isinstance(v, (dict, list))}
         if nested:
             parts.append(f"<pre>{_e(json.dumps(nested, indent=2, sort_keys=True, default=str))}</pre>")
-    return Template(_TEMPLATE.read_text()).substitute(title=_e(inp.title), body="\n".join(parts))
+    head = [f"<h1>{_e(inp.title)}</h1>"] + ([toc.html()] if toc.entries else [])
+    return Template(_TEMPLATE.read_text()).substitute(title=_e(inp.title), body="\n".join(head + parts))
 
 
 def _html_figure(fig: ReportFigure, base_dir: Path) -> str:
@@ -440,8 +456,9 @@ def _md(x) -> str:
     return html.escape(str(x), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(metrics: pd.DataFrame, inp: ReportInput) -> str:
-    """The report as Markdown (figures linked by relative path).
+def render_markdown(metrics: pd.DataFrame, inp: ReportInput, *, base_dir: str | Path | None = None) -> str:
+    """The report as Markdown (figures linked by relative path; with ``base_dir``, also their
+    PNG/SVG/PDF files).
 
     >>> df = pd.DataFrame({"task": ["t"], "alignment": ["dot"], "metric": ["m"], "mean": [0.5],
     ...                    "ci_low": [0.4], "ci_high": [0.6]})
@@ -494,12 +511,12 @@ def render_markdown(metrics: pd.DataFrame, inp: ReportInput) -> str:
             out += [f"Interactive explorer: [{_md(inp.explorers[task])}]({quote(str(inp.explorers[task]), safe='/._-')})", ""]
         for fig in inp.figures:
             if fig.task == task:
-                out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*", ""]
+                out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{md_links(fig, base_dir)}", ""]
     others = [f for f in inp.figures if f.task is None or f.task not in _tasks(metrics)]
     if others:
         out += ["## Figures", ""]
         for fig in others:
-            out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*", ""]
+            out += [f"![{_md(fig.caption)}]({quote(str(fig.path), safe='/._-')})", "", f"*{_md(fig.caption)}*{md_links(fig, base_dir)}", ""]
     for note in inp.notes:
         out += [f"> {_md(note)}", ""]
     if inp.provenance:
@@ -525,5 +542,5 @@ def write_report(out_dir: str | Path, metrics: pd.DataFrame | None = None, inp: 
         p = out_dir / "report_input.json"
         inp = load_report_input(p) if p.exists() else ReportInput()
     html_path = write_text(out_dir / "report.html", render_html(metrics, inp, base_dir=out_dir))
-    md_path = write_text(out_dir / "report.md", render_markdown(metrics, inp))
+    md_path = write_text(out_dir / "report.md", render_markdown(metrics, inp, base_dir=out_dir))
     return {"html": html_path, "md": md_path}

@@ -62,6 +62,17 @@ class StudyResult:
         return (f"StudyResult(out={str(self.out)!r}, units={len(self.records)} (ran {len(self.ran)}, "
                 f"reused {len(self.reused)}), metrics rows={len(self.metrics)})")
 
+    def view(self, **kwargs):
+        """The interactive notebook view of the saved maps (:func:`attnlens.study.figures.study_view`)."""
+        from .figures import study_view
+
+        return study_view(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(repr(self))}</pre>{self.view()._repr_html_()}"
+
 
 def _tasks_available() -> list[str]:
     import importlib
