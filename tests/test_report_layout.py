@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from attnlens.io import UnsafePathError
+
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import layout, needs_chromium, open_page  # noqa: E402
 
@@ -110,13 +112,14 @@ def test_figures_link_their_files(tmp_path):
     assert '<a href="figures/matching_curves.png">PNG</a><a href="figures/matching_curves.svg">SVG</a>' \
            '<a href="figures/matching_curves.pdf">PDF</a>' in page
     assert '<a href="figures/vqa_grid.svg">SVG</a>' in page and "vqa_grid.pdf" not in page
-    # a figure path outside the run folder is never linked
+    # a figure path outside the run folder is never embedded nor linked: a typed error names it
     out = tmp_path / "other"
     (out / "figures").mkdir(parents=True)
     _figure(out / "figures" / "f.png", 2.0)
-    html_ = render_html(demo_metrics().head(3), ReportInput(figures=[
-        ReportFigure(str((out / "figures" / "f.png").resolve()), "abs", "matching")]), base_dir=tmp_path)
-    assert "files:" not in html_
+    outside = str((out / "figures" / "f.png").resolve())
+    with pytest.raises(UnsafePathError, match="figure path"):
+        render_html(demo_metrics().head(3), ReportInput(figures=[ReportFigure(outside, "abs", "matching")]),
+                    base_dir=tmp_path / "run")
 
 
 def test_file_names_in_links_are_escaped(tmp_path):
