@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
+from .params import real_array
 
 MODES = ("max", "density")
 
@@ -330,13 +331,7 @@ def _box_tensor(boxes, what: str) -> torch.Tensor:
 
 
 def _boxes(boxes) -> np.ndarray:
-    try:
-        b = np.asarray(boxes)
-    except (TypeError, ValueError) as exc:
-        raise DTypeError(f"boxes must be numbers ({exc})") from None
-    if b.dtype.kind not in "biuf":
-        raise DTypeError(f"boxes must be real numbers, got dtype {b.dtype}")
-    b = b.astype(np.float64)
+    b = real_array(boxes, "boxes")
     if b.size == 0:
         return b.reshape(0, 4)
     if b.ndim == 1 and b.shape[0] == 4:

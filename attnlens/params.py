@@ -1,4 +1,4 @@
-"""Checks of scalar parameters shared by every layer: one rule, one error type.
+"""Checks of parameters and numeric inputs shared by every layer: one rule, one error type.
 
 Each check returns the value converted (``float`` or ``int``) or raises
 :class:`~attnlens.errors.ParameterError` (a ``ValueError``) naming the function, the parameter and
@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .errors import DTypeError, ParameterError
 
-__all__ = ["int_param", "real_param", "fraction_param"]
+__all__ = ["int_param", "real_param", "fraction_param", "real_array"]
 
 
 def _scalar(value, name: str, fn: str):
@@ -65,3 +67,27 @@ def int_param(value, name: str, fn: str, *, lo: int | None = None, hi: int | Non
         rng = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"in [{lo}, {hi}]")
         raise ParameterError(f"{fn}: {name} must be {rng}, got {v}")
     return v
+
+
+def real_array(x, what: str) -> np.ndarray:
+    """``x`` (array, list, tensor of any real dtype, bfloat16 included) as a float64 numpy array;
+    strings, ``None``, ragged, object and complex data raise :class:`~attnlens.errors.DTypeError`
+    naming ``what``. Values are not checked for finiteness (callers say what they accept).
+
+    >>> real_array([1, 2], "boxes").dtype
+    dtype('float64')
+    >>> real_array(["a"], "boxes")
+    Traceback (most recent call last):
+    ...
+    attnlens.errors.DTypeError: boxes must be real numbers, got dtype <U1
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor (torch is not imported here)
+        x = x.detach().cpu()
+        x = (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(f"{what} must be an array of numbers ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)

@@ -15,47 +15,15 @@
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
 
-from ..errors import DTypeError, NonFiniteError, ParameterError, ShapeError
+from ..errors import DTypeError, NonFiniteError, ShapeError
+from ..params import int_param as int_option  # the one rule for scalar options (attnlens.params)
+from ..params import real_param as real_option
 
 __all__ = ["real_option", "int_option", "choice_option", "heat_array", "check_boxes", "word_list", "text_option"]
-
-
-def _scalar(value, name: str, fn: str):
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 and not isinstance(value, bool):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DTypeError(f"{fn}: {name} must be a real number, got {type(value).__name__} {value!r:.60}")
-    return value
-
-
-def real_option(value, name: str, fn: str, *, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False) -> float:
-    """``value`` as a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
-    v = float(_scalar(value, name, fn))
-    if not math.isfinite(v):
-        raise ParameterError(f"{fn}: {name} must be a finite number, got {v}")
-    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-        left = "(" if lo_open or lo is None else "["
-        raise ParameterError(f"{fn}: {name} must lie in {left}{'-inf' if lo is None else f'{lo:g}'}, "
-                             f"{'inf' if hi is None else f'{hi:g}'}], got {v}")
-    return v
-
-
-def int_option(value, name: str, fn: str, *, lo: int | None = None, hi: int | None = None) -> int:
-    """``value`` as an int in ``[lo, hi]`` (an integral float is accepted)."""
-    v = _scalar(value, name, fn)
-    if not isinstance(v, numbers.Integral):
-        if not math.isfinite(float(v)) or float(v) != int(v):
-            raise ParameterError(f"{fn}: {name} must be an integer, got {v!r}")
-    v = int(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ParameterError(f"{fn}: {name} must be in [{lo}, {'inf' if hi is None else hi}], got {v}")
-    return v
 
 
 def choice_option(value, name: str, fn: str, choices) -> str:

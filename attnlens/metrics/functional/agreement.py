@@ -24,6 +24,7 @@ import torch
 
 from ...errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
 from ._common import as_tensor, check_bool, check_real, int_param
+from ...params import real_array
 
 METHODS = ("input_x_gradient", "integrated_gradients", "feature_ablation")
 
@@ -39,17 +40,7 @@ from ...explain.attribution import attributions  # noqa: E402
 
 def _vector(x, what: str) -> np.ndarray:
     """A finite 1-D float64 array (NaN/inf would silently sort first or last)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = x.float() if x.dtype == torch.bfloat16 else x
-        x = x.numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise DTypeError(f"{what} must be numbers ({exc})") from None
-    if arr.dtype.kind not in "biuf":
-        raise DTypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = real_array(x, what)
     if arr.ndim != 1:
         raise ShapeError(f"{what} must be 1-D, got shape {arr.shape}")
     if not np.isfinite(arr).all():

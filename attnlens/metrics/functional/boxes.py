@@ -13,22 +13,7 @@ import torch
 from ...errors import DTypeError, NonFiniteError, ShapeError, UnknownNameError
 from ._common import DEGENERATE_BOX, NO_REGIONS, NON_POSITIVE, as_tensor, check_bool, check_real, real_param
 from ._common import first_argmax as _first_argmax
-
-
-def _real_array(x, what: str) -> np.ndarray:
-    """``x`` as a float64 array of real numbers (strings, None, complex -> DTypeError)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        x = x.numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise DTypeError(f"{what} must be an array of numbers ({exc})") from None
-    if arr.dtype.kind not in "biuf":
-        raise DTypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
+from ...params import real_array
 
 
 def _check_boxes(b: np.ndarray, what: str) -> np.ndarray:
@@ -43,7 +28,7 @@ def _check_boxes(b: np.ndarray, what: str) -> np.ndarray:
 
 def _gt_boxes(gt_boxes, n: int, fn: str) -> list[np.ndarray]:
     if isinstance(gt_boxes, (torch.Tensor, np.ndarray)):
-        arr = _real_array(gt_boxes, f"{fn}: gt_boxes")
+        arr = real_array(gt_boxes, f"{fn}: gt_boxes")
         if arr.ndim == 2:
             arr = arr[:, None]
         if arr.ndim != 3 or arr.shape[-1] != 4:
@@ -55,7 +40,7 @@ def _gt_boxes(gt_boxes, n: int, fn: str) -> list[np.ndarray]:
                              f"{type(gt_boxes).__name__}")
         gt = []
         for i, b in enumerate(gt_boxes):
-            b = _real_array(b, f"{fn}: gt_boxes[{i}]")
+            b = real_array(b, f"{fn}: gt_boxes[{i}]")
             if b.size % 4:
                 raise ShapeError(f"{fn}: gt_boxes[{i}] of shape {b.shape} is not a list of xyxy boxes")
             gt.append(b.reshape(-1, 4))
@@ -83,7 +68,7 @@ def map_to_box(m: np.ndarray, threshold: float = 0.5, method: str = "component")
     """
     from scipy import ndimage
 
-    m = _real_array(m, "map_to_box: m")
+    m = real_array(m, "map_to_box: m")
     if m.ndim != 2 or m.size == 0:
         raise ShapeError(f"map_to_box: m must be a non-empty [H, W] map, got shape {m.shape}")
     if not np.isfinite(m).all():
@@ -164,7 +149,7 @@ def _top1_region_hit_update(weights, boxes, gt_boxes, iou_threshold=0.5, valid=N
     w = check_real(as_tensor(weights, "top1_region_hit: weights"), "top1_region_hit: weights", finite=False)
     if w.ndim != 2:
         raise ShapeError(f"top1_region_hit: weights must be [N, R], got shape {tuple(w.shape)}")
-    b = torch.from_numpy(_real_array(boxes, "top1_region_hit: boxes"))
+    b = torch.from_numpy(real_array(boxes, "top1_region_hit: boxes"))
     if b.ndim == 2:
         b = b.expand(len(w), *b.shape)
     if b.shape != (*w.shape, 4):
