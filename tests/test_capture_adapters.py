@@ -10,6 +10,7 @@ from torch import nn
 import attnlens
 from attnlens.capture import adapters
 from attnlens.errors import CaptureError, RegistryError
+from tiny_models import tiny_blip  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,14 +55,7 @@ def visualbert():
 @pytest.fixture(scope="module")
 def blip():
     torch.manual_seed(0)
-    cfg = transformers.BlipConfig(
-        text_config=dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=2,
-                         intermediate_size=24, encoder_hidden_size=16, max_position_embeddings=16,
-                         bos_token_id=1, sep_token_id=2, pad_token_id=0),
-        vision_config=dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=24,
-                           image_size=32, patch_size=8),
-        image_text_hidden_size=16)
-    model = transformers.BlipForImageTextRetrieval(cfg).eval()
+    model = tiny_blip(vision_layers=1)
     g = torch.Generator().manual_seed(3)
     inputs = dict(input_ids=torch.randint(3, 40, (2, 6), generator=g), pixel_values=torch.randn(2, 3, 32, 32, generator=g),
                   attention_mask=torch.tensor([[1] * 6, [1] * 4 + [0] * 2]))

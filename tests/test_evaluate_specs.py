@@ -15,20 +15,14 @@ from attnlens.evaluate.specs.pixels import BlipSpec, ViltSpec
 from attnlens.evaluate.task import SpecTask
 
 from evaluate_fixtures import write_flickr30k
+from tiny_models import tiny_blip  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
 
 def test_blip_itm_with_explainers(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.BlipConfig(
-        text_config=dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=2,
-                         intermediate_size=24, encoder_hidden_size=16, max_position_embeddings=16,
-                         bos_token_id=1, sep_token_id=2, pad_token_id=0),
-        vision_config=dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
-                           image_size=32, patch_size=8),
-        image_text_hidden_size=16)
-    model = transformers.BlipForImageTextRetrieval(cfg).eval()
+    model = tiny_blip(vision_layers=2)
     root = write_flickr30k(tmp_path / "f30k", n_images=1)
     res = attnlens.evaluate(model, root, spec="blip", explainers=("raw", "gradient_weighted"), out=tmp_path / "out",
                             settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)

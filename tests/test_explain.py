@@ -9,6 +9,7 @@ import attnlens.explain as ex
 from attnlens.errors import ExplainError, RegistryError, ShapeError, UnknownNameError
 
 import explain_reference as ref
+from tiny_models import tiny_blip  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
@@ -239,14 +240,7 @@ def test_tokens_and_regions_are_attached_for_one_example(visualbert):
 @pytest.fixture(scope="module")
 def blip():
     torch.manual_seed(0)
-    cfg = transformers.BlipConfig(
-        text_config=dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=2,
-                         intermediate_size=24, encoder_hidden_size=16, max_position_embeddings=16,
-                         bos_token_id=1, sep_token_id=2, pad_token_id=0),
-        vision_config=dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
-                           image_size=32, patch_size=8),
-        image_text_hidden_size=16)
-    model = transformers.BlipForImageTextRetrieval(cfg).double().eval()
+    model = tiny_blip(vision_layers=2).double()
     g = torch.Generator().manual_seed(3)
     inputs = dict(input_ids=torch.randint(3, 40, (2, 6), generator=g),
                   pixel_values=torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64),

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ._json import read_json
 from ..errors import DTypeError, FormatError, UnknownNameError
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
@@ -183,7 +184,7 @@ class Vocabulary:
     @classmethod
     def from_json(cls, path) -> "Vocabulary":
         """Read a vocabulary written by :meth:`to_json` (or SCAN's format, detected)."""
-        data = _read_json(path)
+        data = read_json(path, "vocabulary")
         if isinstance(data, dict) and "word2idx" in data:
             return cls.from_scan_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("idx2word"), list):
@@ -196,7 +197,7 @@ class Vocabulary:
     @classmethod
     def from_scan_json(cls, path) -> "Vocabulary":
         """Read SCAN's vocabulary JSON (``{"word2idx": {...}, "idx2word": {...}, "idx": n}``), keeping its ids."""
-        data = _read_json(path)
+        data = read_json(path, "vocabulary")
         if not isinstance(data, dict) or not isinstance(data.get("word2idx"), dict):
             raise FormatError("expected SCAN's vocabulary object with a 'word2idx' mapping", path=path)
         w2i = data["word2idx"]
@@ -231,19 +232,6 @@ class Vocabulary:
         except FormatError as exc:   # duplicate or missing special tokens: name the file
             raise FormatError(str(exc), path=path) from None
         return vocab
-
-
-def _read_json(path):
-    from ._files import require_path
-
-    path = require_path(path, "vocabulary")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
 
 
 def scenes_vocabulary() -> Vocabulary:
