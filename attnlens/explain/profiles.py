@@ -36,6 +36,8 @@ Built in (found by :func:`profile_for`):
   self-attention, then the text-to-image cross-attention (its own stage). The image tokens of
   the map are the patches (the ``[CLS]`` image token is dropped), with the patch grid; the default
   target is the ITM head's "match" logit ``itm_score[:, 1]``.
+* ``vilt``, ``dual_encoder`` (CLIP / SigLIP), ``decoder`` (LLaVA-style) -- in
+  :mod:`attnlens.explain.families`.
 * :func:`single_stream` -- any single-stream transformer: the user names the attention module
   paths and the text and image positions.
 
@@ -88,8 +90,9 @@ def register(name: str, detect: Callable[[nn.Module], bool], build: Callable[[nn
 def available() -> list[str]:
     """Names of the registered profiles.
 
+    >>> import attnlens.explain  # registers the families of :mod:`attnlens.explain.families` too
     >>> available()
-    ['attnlens', 'blip', 'lxmert', 'visualbert']
+    ['attnlens', 'blip', 'decoder', 'dual_encoder', 'lxmert', 'vilt', 'visualbert']
     """
     return sorted(_PROFILES)
 

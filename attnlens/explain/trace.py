@@ -72,6 +72,23 @@ class Layout:
     query_dim: str = "word"
     key_dim: str = "region"
     grid: tuple[int, int] | None = None
+    cells: torch.Tensor | None = None
+    row_mean: bool = False
+
+    def place(self, block: torch.Tensor) -> torch.Tensor:
+        """The ``[B, rows, image]`` block in the map's final form: each image column moved to its
+        grid cell when ``cells`` is set (``[B, n]`` or ``[n]`` cell index per image column, ``-1`` for
+        a column that is no cell; cells no column reaches stay 0), and the rows averaged into one
+        (``row_mean``: a dual encoder without ``[CLS]``)."""
+        if self.cells is not None:
+            b, q, _ = block.shape
+            n = self.grid[0] * self.grid[1]
+            cells = self.cells.to(block.device).expand(b, -1)
+            index = torch.where(cells >= 0, cells, torch.full_like(cells, n))[:, None, :].expand(b, q, -1)
+            block = block.new_zeros(b, q, n + 1).scatter(2, index, block)[..., :n]
+        if self.row_mean:
+            block = block.mean(1, keepdim=True)
+        return block
 
 
 @dataclass
@@ -109,17 +126,32 @@ class Trace:
                 m = matrix[:, a:a + self.streams[s], b:b + self.streams[q]]
             else:
                 m = matrix[(s, q)]
-            if rows is not None:
-                m = m.index_select(1, rows.to(m.device))
-            if cols is not None:
-                m = m.index_select(2, cols.to(m.device))
-            return m
+            return select(select(m, 1, rows), 2, cols)
 
         transposed = ts != is_ and not any(st.query == ts and st.key == is_ for st in self.steps) and \
             any(st.query == is_ and st.key == ts for st in self.steps)
         if transposed:
-            return take(is_, ts, ip, tp).transpose(1, 2), True
-        return take(ts, is_, tp, ip), False
+            return self.layout.place(take(is_, ts, ip, tp).transpose(1, 2)), True
+        return self.layout.place(take(ts, is_, tp, ip)), False
+
+
+def select(t: torch.Tensor, dim: int, positions: torch.Tensor | None) -> torch.Tensor:
+    """``t [B, ...]`` at ``positions`` along ``dim``: ``[n]`` shared by the batch, ``[B, n]`` per
+    example, or None (all).
+
+    >>> select(torch.arange(6).view(2, 3), 1, torch.tensor([[0, 2], [1, 2]])).tolist()
+    [[0, 2], [4, 5]]
+    """
+    if positions is None:
+        return t
+    positions = positions.to(t.device)
+    if positions.ndim == 1:
+        return t.index_select(dim, positions)
+    dim = dim % t.ndim
+    shape = [1] * t.ndim
+    shape[0], shape[dim] = positions.shape
+    index = positions.view(shape).expand(*[positions.shape[1] if d == dim else s for d, s in enumerate(t.shape)])
+    return t.gather(dim, index)
 
 
 def default_target(output) -> torch.Tensor:

@@ -1,0 +1,211 @@
+"""Explain profiles of the families capture reads with full attention: ViLT, CLIP / SigLIP, LLaVA-style.
+
+Each reads the capture adapter's ``block="full"`` taps (:mod:`attnlens.capture.adapters`), whose
+maps are each layer's whole self-attention ``[batch, head, query, key]`` in the autograd graph,
+with ``meta["text_positions"]`` / ``meta["image_positions"]``:
+
+* ``vilt`` -- single stream (``ViltModel`` inside any head): each layer's joint self-attention
+  over ``[text; image [CLS]; kept patches]``. Rows are the text tokens, columns the patches
+  ViLT kept, each placed at its grid cell (the key axis is the image's ``(rows, cols)`` grid,
+  row-major, ``Side.grid``); cells ViLT dropped or masked are 0; the image ``[CLS]`` is not a
+  column (it is a token of the sequence, so relevance flows through it). Default target: the
+  top logit (``ViltForImageAndTextRetrieval``: its one ITM logit). No captum features: ViLT's
+  patch embedding is a convolution over pixels, not a ``[B, R, D]`` tensor.
+* ``dual_encoder`` -- CLIP and SigLIP (``CLIPModel``, ``SiglipModel``): no cross-modal attention,
+  so rollout and Chefer's self-attention rule run inside each tower (the text tower's steps are
+  traced too, but nothing mixes it with the image), and the map is **one row**
+  (``query_dim = "output"``) over the image patches: CLIP's image ``[CLS]`` row (the token its
+  pooled embedding is read from) without the ``[CLS]`` column; SigLIP has no ``[CLS]`` (its
+  attention-pooling head reads every patch), so its row is the mean of the patch rows (the
+  pooling head's own probe attention is not propagated). Target: the pair's similarity
+  ``logits_per_image[b, b]`` (image ``b`` with text ``b``: as many images as texts). Captum
+  features: the vision embeddings' output (CLIP without its ``[CLS]``).
+* ``decoder`` -- LLaVA-style decoder-only models (LLaVA, LLaVA-NeXT, PaliGemma, Qwen2-VL,
+  Qwen2.5-VL ``*ForConditionalGeneration``): the language model's layers, each a self-attention
+  of the joint sequence (causal: row ``i`` has zeros right of ``i``, PaliGemma's prefix is
+  bidirectional; Chefer's rule needs no change for either). Rows are the non-image tokens (every
+  position of ``input_ids`` that is not the model's image token), columns the image tokens, with
+  the vision grid when the image tokens are exactly it. Default target: the top logit of the
+  **last position** (the next token's logit); pass ``target=`` for a given answer token, e.g.
+  ``lambda o: o.logits[:, -2, answer_id]`` for teacher-forced scoring. The vision tower's own
+  attention is not traced (the relevance starts at the image tokens of the language model).
+  Captum features: the multimodal projector's output (the image tokens' embeddings) for LLaVA
+  and PaliGemma.
+
+BLIP-2 / InstructBLIP are not covered (their language model reads Q-Former query tokens, not
+patches; capture's ``qformer`` adapter records them for ``raw``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..attention_map import AttentionMap
+from ..capture.adapters import dual as _dual, llava as _llava, vilt as _vilt
+from ..capture.adapters.hf import is_hf
+from ..errors import ExplainError
+from . import profiles as _p
+from .profiles import Profile
+from .trace import Layout
+
+
+def _tensor(pos, what: str) -> torch.Tensor:
+    """``[n]`` (one list shared by the batch) or ``[B, n]`` positions from capture meta."""
+    if pos is None:
+        raise ExplainError(f"the capture map carries no {what}: capture with the adapter's block='full' taps")
+    if pos and isinstance(pos[0], (list, tuple)):
+        lengths = {len(p) for p in pos}
+        if len(lengths) != 1:
+            raise ExplainError(f"the examples of the batch have different numbers of {what} "
+                               f"{sorted(lengths)}; explain one example at a time")
+        return torch.tensor(pos, dtype=torch.long)
+    return torch.tensor(list(pos), dtype=torch.long)
+
+
+def _first_meta(maps: list[AttentionMap]) -> dict:
+    if not maps:
+        raise ExplainError("no attention map was recorded")
+    return maps[0].meta
+
+
+# ----------------------------------------------------------------------------- ViLT
+def _vilt_sites(model, inputs):
+    return _vilt.taps(model, block="full")
+
+
+def _vilt_layout(model, inputs, streams, maps) -> Layout:
+    meta = _first_meta(maps)
+    cells, image = meta.get("image_cells"), meta.get("image_positions")
+    if image and isinstance(image[0], (list, tuple)) and len({len(p) for p in image}) > 1:
+        # examples keep different numbers of patches: pad with a repeated position whose cell is -1 (dropped)
+        n = max(len(p) for p in image)
+        image = [list(p) + [p[0]] * (n - len(p)) for p in image]
+        cells = [list(c) + [-1] * (n - len(c)) for c in cells]
+    return Layout(("joint", _tensor(meta.get("text_positions"), "text positions")),
+                  ("joint", _tensor(image, "image positions")), key_dim="patch", grid=tuple(meta["grid"]),
+                  cells=_tensor(cells, "image cells"))
+
+
+def vilt_profile(model: nn.Module) -> Profile:
+    """Profile of transformers' ViLT models (module docstring)."""
+    return Profile("vilt", _vilt_sites, _p._joint_classify, _vilt_layout,
+                   description="single stream: joint self-attention over [text; image CLS; kept patches], "
+                               "columns at their grid cells", key_dim="patch")
+
+
+# ----------------------------------------------------------------------------- CLIP / SigLIP
+_DUAL = ("CLIPModel", "SiglipModel")
+
+
+def pair_logit(output) -> torch.Tensor:
+    """A dual encoder's target: the similarity ``logits_per_image[b, b]`` of image ``b`` with text ``b``.
+
+    >>> from types import SimpleNamespace
+    >>> pair_logit(SimpleNamespace(logits_per_image=torch.tensor([[2.0, 0.5], [0.1, 3.0]]))).tolist()
+    [2.0, 3.0]
+    """
+    logits = getattr(output, "logits_per_image", None)
+    if not isinstance(logits, torch.Tensor):
+        raise ExplainError("a dual encoder's default target is logits_per_image[b, b]; the output has no "
+                           "logits_per_image (pass target=)")
+    return _p.pair_similarity(logits)
+
+
+def _dual_classify(amap: AttentionMap):
+    q, k = amap.query.modality, amap.key.modality
+    if q not in ("image", "text") or q != k:
+        raise ExplainError(f"dual-encoder profile: unexpected map {amap.site!r} ({q} -> {k})")
+    return q, k, (q, amap.site)
+
+
+def _dual_root(model) -> str:
+    for path, m in model.named_modules():
+        if is_hf(m, *_DUAL):
+            return path
+    raise ExplainError(f"{type(model).__name__} holds no CLIPModel / SiglipModel")
+
+
+def _dual_layout(model, inputs, streams, maps) -> Layout:
+    image = [m for m in maps if m.query.modality == "image"]
+    if not image:
+        raise ExplainError("the dual encoder's image tower recorded no self-attention")
+    meta, n = image[0].meta, streams["image"]
+    cls = int(meta.get("prefix_keys", 0))
+    grid = meta.get("grid")
+    grid = tuple(grid) if grid is not None and grid[0] * grid[1] == n - cls else None
+    if cls:
+        return Layout(("image", torch.tensor([0])), ("image", torch.arange(cls, n)), query_dim="output",
+                      key_dim="patch", grid=grid)
+    return Layout(("image", None), ("image", None), query_dim="output", key_dim="patch", grid=grid, row_mean=True)
+
+
+def _dual_features(model, inputs):
+    return "layer", _p._join(_dual_root(model), "vision_model.embeddings")
+
+
+def dual_encoder_profile(model: nn.Module) -> Profile:
+    """Profile of transformers' CLIP / SigLIP dual encoders (module docstring)."""
+    root = model.get_submodule(_dual_root(model))
+    clip = type(root).__name__.startswith("CLIP")
+    return Profile("dual_encoder", lambda m, inputs: _dual.taps(m), _dual_classify, _dual_layout, target=pair_logit,
+                   features=_dual_features, key_dim="patch", feature_keep=slice(1, None) if clip else None,
+                   description="self-attention within each tower; the image [CLS] row (SigLIP: the mean patch row) "
+                               "over the patches; target logits_per_image[b, b]")
+
+
+# ----------------------------------------------------------------------------- LLaVA-style decoders
+def next_token_top(output) -> torch.Tensor:
+    """A decoder's default target: the top logit at the last position (the predicted next token).
+
+    >>> from types import SimpleNamespace
+    >>> next_token_top(SimpleNamespace(logits=torch.tensor([[[0.0, 9.0], [1.0, 4.0]]]))).tolist()
+    [4.0]
+    """
+    logits = getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3:
+        raise ExplainError("a decoder's default target is the top logit at the last position of logits "
+                           "[batch, position, vocab]; pass target= for other outputs")
+    return logits[:, -1].amax(-1)
+
+
+def _decoder_root(model) -> tuple[str, str] | None:
+    for path, m in model.named_modules():
+        kind = _llava.FAMILIES.get(type(m).__name__) if is_hf(m) else None
+        if kind is not None:
+            return (path, kind) if kind != "qformer" else None
+    return None
+
+
+def _decoder_layout(model, inputs, streams, maps) -> Layout:
+    meta = _first_meta(maps)
+    q, k = maps[0].weights.shape[-2:]
+    if q != k:
+        raise ExplainError(f"the decoder's attention has {q} queries over {k} keys: explain runs one full forward "
+                           "pass (no KV cache, not generate()); pass the whole sequence as input_ids")
+    grid = meta.get("grid")
+    return Layout(("joint", _tensor(meta.get("text_positions"), "text positions")),
+                  ("joint", _tensor(meta.get("image_positions"), "image positions")), key_dim="patch",
+                  grid=None if grid is None else tuple(grid))
+
+
+def _decoder_features(model, inputs):
+    root = _decoder_root(model)[0]
+    for path, m in model.named_modules():
+        if path.rsplit(".", 1)[-1] == "multi_modal_projector" and (not root or path.startswith(root + ".")
+                                                                   or path == root):
+            return "layer", path
+    raise ExplainError(f"{type(model).__name__} has no multi_modal_projector whose output [B, N, D] are the image "
+                       "tokens' embeddings: the captum attributions are not available for it")
+
+
+def decoder_profile(model: nn.Module) -> Profile:
+    """Profile of LLaVA-style decoder-only vision-language models (module docstring)."""
+    return Profile("decoder", lambda m, inputs: _llava.taps(m, block="full"), _p._joint_classify, _decoder_layout,
+                   target=next_token_top, features=_decoder_features, key_dim="patch",
+                   description="language-model self-attention (causal) over [text; image tokens]; rows the non-image "
+                               "tokens, columns the image tokens; target the last position's top logit")
+
+
+_p.register("vilt", lambda m: _p._find(m, "ViltModel", "transformers.models.vilt") is not None, vilt_profile)
+_p.register("dual_encoder", lambda m: any(is_hf(s, *_DUAL) for s in m.modules()), dual_encoder_profile)
+_p.register("decoder", lambda m: _decoder_root(m) is not None, decoder_profile)
