@@ -276,3 +276,76 @@ def attention_flow_single_stream(layers, text, image):
         for y, r in enumerate(image):
             out[x, y] = nx.maximum_flow_value(g, (top, t), (0, r))
     return out
+
+
+# ----------------------------------------------------------------------------- ViLT, CLIP / SigLIP, LLaVA-style
+def eager_copy(model):
+    """A deep copy of a transformers model switched to eager attention (its own output_attentions)."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        cfg = getattr(m, "config", None)
+        if hasattr(cfg, "_attn_implementation_internal"):
+            cfg._attn_implementation_internal = "eager"
+    return ref
+
+
+def layer_attentions(model, inputs, target, attentions, grad=True):
+    """Per example (batch of one), the list of (A [H,N,N], grad) of ``attentions(output)`` (the model's own
+    output_attentions, e.g. ``lambda o: o.vision_model_output.attentions``)."""
+    out = []
+    B = inputs["input_ids"].shape[0]
+    for b in range(B):
+        one = {k: v[b:b + 1] if k != "pixel_values" or v.shape[0] == B else v for k, v in inputs.items()}
+        with torch.enable_grad():
+            for p in model.parameters():
+                p.requires_grad_(True)
+            o = model(**one, output_attentions=True)
+            atts = list(attentions(o))
+            gs = torch.autograd.grad(target(o).sum(), atts, allow_unused=True) if grad else [None] * len(atts)
+        out.append([(a[0].detach().double(), None if not grad else torch.zeros_like(a[0]).double() if g is None else
+                     g[0].detach().double()) for a, g in zip(atts, gs)])
+    return out
+
+
+def vilt_attentions(model, inputs, target):
+    """Per example (batch of one): (layers [(A, grad)], grid cells of the sequence's patches in order).
+
+    ViLT shuffles its kept patches (``torch.multinomial`` in ``visual_embed``), so the cell of each
+    patch token is read from the ``patch_index`` that ``visual_embed`` returns (wrapped here for the
+    call, restored after); with one example and ``max_image_length=-1`` every valid patch is kept."""
+    emb = model.vilt.embeddings
+    bound, seen = emb.visual_embed, {}
+
+    def visual_embed(*a, **kw):
+        out = bound(*a, **kw)
+        patch_index, (h, w) = out[2]
+        seen["cells"] = [int(r) * int(w) + int(c) for r, c in patch_index[0].tolist()]
+        return out
+
+    out = []
+    B = inputs["input_ids"].shape[0]
+    emb.visual_embed = visual_embed
+    try:
+        for b in range(B):
+            layers = layer_attentions(model, {k: v[b:b + 1] for k, v in inputs.items()}, target,
+                                      lambda o: o.attentions)[0]
+            out.append((layers, seen["cells"]))
+    finally:
+        del emb.visual_embed
+    return out
+
+
+def on_grid(block, cells, n_cells):
+    """[Q, n] columns placed at their grid cells -> [Q, n_cells], other cells 0, by a loop."""
+    out = torch.zeros(block.shape[0], n_cells, dtype=block.dtype)
+    for j, c in enumerate(cells):
+        out[:, c] = block[:, j]
+    return out
+
+
+def attention_x_gradient_block(layer, text, image):
+    """mean_h (grad * A)^+ of one layer, text rows x image columns."""
+    a, g = layer
+    return avg_heads(a, g)[text][:, image]

@@ -1,0 +1,263 @@
+"""attnlens.explain on the families capture reads with full attention (ViLT, CLIP / SigLIP, LLaVA-style
+decoders), against slow references written from the equations on the models' own output_attentions
+(eager copies, one example at a time, loops over the layers), plus known-answer cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlens
+import attnlens.explain as ex
+from attnlens.errors import ExplainError
+
+import explain_reference as ref
+
+transformers = pytest.importorskip("transformers")
+T = transformers
+
+IMG = 99
+TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            vocab_size=100, max_position_embeddings=64)
+VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+              patch_size=8)
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+              "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+ATTENTION = ("raw", "rollout", "gradient_weighted", "attention_x_gradient")
+DEC = dict(rtol=1e-6, atol=1e-9)  # decoders: rotary embeddings are computed in float32 even in a float64 model
+
+
+def hook_state(model):
+    return {f"{n}.{a}": tuple(getattr(m, a).keys()) for n, m in model.named_modules()
+            for a in HOOK_DICTS if getattr(m, a, None)}
+
+
+def impls(model):
+    return {n: m.config._attn_implementation_internal for n, m in model.named_modules()
+            if hasattr(getattr(m, "config", None), "_attn_implementation_internal")}
+
+
+def check(amap, expected, b, rtol=1e-8, atol=1e-11):
+    torch.testing.assert_close(amap.weights[b], expected, rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def vilt():
+    torch.manual_seed(0)
+    cfg = T.ViltConfig(vocab_size=100, hidden_size=16, num_attention_heads=2, num_hidden_layers=3,
+                       intermediate_size=32, image_size=32, patch_size=8, max_position_embeddings=16,
+                       max_image_length=-1)
+    model = T.ViltForImageAndTextRetrieval(cfg).double().eval()
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(2, 32, 48, dtype=torch.long)
+    mask[1, :, 32:] = 0  # the second image is narrower: its right 2 patch columns are padding (dropped cells)
+    inputs = dict(input_ids=torch.randint(1, 100, (2, 5), generator=g),
+                  pixel_values=torch.randn(2, 3, 32, 48, generator=g, dtype=torch.float64), pixel_mask=mask)
+    return model, inputs
+
+
+def dual(kind):
+    torch.manual_seed(0)
+    text = {k: v for k, v in TEXT.items() if k != "num_key_value_heads"}
+    if kind == "clip":
+        model = T.CLIPModel(T.CLIPConfig(text_config=text, vision_config=VISION, projection_dim=8))
+    else:
+        model = T.SiglipModel(T.SiglipConfig(text_config=text, vision_config=VISION))
+    g = torch.Generator().manual_seed(2)
+    inputs = dict(input_ids=torch.randint(3, 100, (2, 5), generator=g),
+                  pixel_values=torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64))
+    return model.double().eval(), inputs
+
+
+@pytest.fixture(scope="module")
+def llava():
+    torch.manual_seed(0)
+    cfg = T.LlavaConfig(vision_config=T.CLIPVisionConfig(**VISION), text_config=T.LlamaConfig(**TEXT),
+                        image_token_id=IMG)
+    model = T.LlavaForConditionalGeneration(cfg).double().eval()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.cat([torch.randint(1, 90, (2, 2), generator=g), torch.full((2, 16), IMG),
+                     torch.randint(1, 90, (2, 3), generator=g)], 1)
+    inputs = dict(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64))
+    return model, inputs
+
+
+# ----------------------------------------------------------------------------- ViLT
+def test_vilt_methods_match_references_on_the_grid_cells(vilt):
+    model, inputs = vilt
+    target = lambda o: o.logits[:, 0]  # noqa: E731  (the ITM logit: the default top logit of one class)
+    per_example = ref.vilt_attentions(model, inputs, target)
+    amaps = {m: ex.explain(model, inputs, m) for m in ATTENTION}
+    for m in ATTENTION:
+        assert amaps[m].dims == ("batch", "word", "patch") and amaps[m].key.grid == (4, 6)
+        assert amaps[m].meta["profile"] == "vilt"
+    t = 5
+    layers = [lay for lay, _ in per_example]
+    for b, (_, cells) in enumerate(per_example):
+        assert len(cells) == (24 if b == 0 else 16)
+        text, image = list(range(t)), list(range(t + 1, t + 1 + len(cells)))  # [CLS] of the image at t: no column
+        check(amaps["gradient_weighted"], ref.on_grid(ref.chefer_single_stream(layers[b], text, image), cells, 24), b)
+        check(amaps["rollout"], ref.on_grid(ref.rollout_single_stream(layers[b], text, image), cells, 24), b)
+        check(amaps["raw"], ref.on_grid(layers[b][-1][0].mean(0)[text][:, image], cells, 24), b)
+        check(amaps["attention_x_gradient"],
+              ref.on_grid(ref.attention_x_gradient_block(layers[b][-1], text, image), cells, 24), b)
+    # known answer: the cells ViLT dropped (the padding of the narrower image) get nothing
+    dropped = torch.tensor([r * 6 + c for r in range(4) for c in (4, 5)])
+    for m in ATTENTION:
+        assert bool((amaps[m].weights[1][:, dropped] == 0).all()), m
+
+
+def test_vilt_without_captum_features_says_so(vilt):
+    model, inputs = vilt
+    with pytest.raises(ExplainError, match="vilt"):
+        ex.explain(model, inputs, "input_x_gradient")
+
+
+# ----------------------------------------------------------------------------- CLIP / SigLIP
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_dual_encoder_methods_match_references_within_the_image_tower(kind):
+    model, inputs = dual(kind)
+    target = lambda o: o.logits_per_image[:, 0]  # noqa: E731  (batch of one: the pair's similarity)
+    layers = ref.layer_attentions(ref.eager_copy(model), inputs, target, lambda o: o.vision_model_output.attentions)
+    amaps = {m: ex.explain(model, inputs, m) for m in ATTENTION}
+    n = 17 if kind == "clip" else 16
+    rows = [0] if kind == "clip" else list(range(n))   # CLIP: the [CLS] row; SigLIP: the mean of the patch rows
+    cols = list(range(n - 16, n))
+    for m in ATTENTION:
+        assert amaps[m].dims == ("batch", "output", "patch") and amaps[m].key.grid == (4, 4)
+        assert amaps[m].meta["profile"] == "dual_encoder"
+    for b in range(2):
+        check(amaps["gradient_weighted"], ref.chefer_single_stream(layers[b], rows, cols).mean(0, keepdim=True), b)
+        check(amaps["rollout"], ref.rollout_single_stream(layers[b], rows, cols).mean(0, keepdim=True), b)
+        check(amaps["raw"], layers[b][-1][0].mean(0)[rows][:, cols].mean(0, keepdim=True), b)
+        check(amaps["attention_x_gradient"],
+              ref.attention_x_gradient_block(layers[b][-1], rows, cols).mean(0, keepdim=True), b)
+
+
+def test_clip_target_is_the_pair_similarity_and_captum_reads_the_patch_embeddings():
+    model, inputs = dual("clip")
+    amap = ex.explain(model, inputs, "input_x_gradient")
+    assert amap.dims == ("batch", "output", "patch") and amap.weights.shape == (2, 1, 16)
+    # input x gradient of the patch embeddings (the [CLS] embedding dropped), written out
+    emb = {}
+    h = model.vision_model.embeddings.register_forward_hook(lambda m, a, o: emb.setdefault("x", o))
+    try:
+        with torch.enable_grad():
+            out = model(**inputs)
+            x = emb["x"]
+            g, = torch.autograd.grad(torch.diagonal(out.logits_per_image).sum(), x)
+    finally:
+        h.remove()
+    torch.testing.assert_close(amap.weights[:, 0], (x * g).sum(-1)[:, 1:].detach(), rtol=1e-7, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- LLaVA-style decoders
+def test_llava_methods_match_references_over_the_language_model(llava):
+    model, inputs = llava
+    target = lambda o: o.logits[:, -1].amax(-1)  # noqa: E731  (the default: the next token's top logit)
+    layers = ref.layer_attentions(ref.eager_copy(model), inputs, target, lambda o: o.attentions)
+    amaps = {m: ex.explain(model, inputs, m) for m in ATTENTION}
+    text, image = [0, 1, 18, 19, 20], list(range(2, 18))
+    for m in ATTENTION:
+        assert amaps[m].dims == ("batch", "word", "patch") and amaps[m].key.grid == (4, 4)
+        assert amaps[m].meta["profile"] == "decoder"
+    for b in range(2):
+        check(amaps["gradient_weighted"], ref.chefer_single_stream(layers[b], text, image), b, **DEC)
+        check(amaps["rollout"], ref.rollout_single_stream(layers[b], text, image), b, **DEC)
+        check(amaps["raw"], layers[b][-1][0].mean(0)[text][:, image], b, **DEC)
+        check(amaps["attention_x_gradient"], ref.attention_x_gradient_block(layers[b][-1], text, image), b, **DEC)
+    # known answer (causal attention): the tokens before the image cannot have read it
+    for m in ATTENTION:
+        assert bool((amaps[m].weights[:, :2] == 0).all()), m
+    for m in ("raw", "rollout", "gradient_weighted"):
+        assert bool((amaps[m].weights[:, 2:].sum(-1) > 0).all()), m
+    # ... and in the last layer only the last position reaches the target (the next token's logit)
+    axg = amaps["attention_x_gradient"].weights
+    assert bool((axg[:, :-1] == 0).all()) and bool((axg[:, -1].sum(-1) > 0).all())
+
+
+def test_llava_given_answer_target_and_captum_on_the_projector(llava):
+    model, inputs = llava
+    answer = lambda o: o.logits[:, -2, 7]  # noqa: E731  (teacher forcing: token 7 as the last token)
+    layers = ref.layer_attentions(ref.eager_copy(model), inputs, answer, lambda o: o.attentions)
+    amap = ex.explain(model, inputs, "gradient_weighted", target=answer)
+    check(amap, ref.chefer_single_stream(layers[0], [0, 1, 18, 19, 20], list(range(2, 18))), 0, **DEC)
+    ixg = ex.explain(model, inputs, "input_x_gradient")
+    assert ixg.dims == ("batch", "output", "patch") and ixg.weights.shape == (2, 1, 16)
+
+
+def test_paligemma_and_qwen2_vl_are_covered_by_the_decoder_profile():
+    torch.manual_seed(0)
+    cfg = T.PaliGemmaConfig(vision_config=T.SiglipVisionConfig(**VISION), projection_dim=16,
+                            text_config=T.GemmaConfig(**TEXT, head_dim=8), image_token_id=IMG)
+    model = T.PaliGemmaForConditionalGeneration(cfg).double().eval()
+    ids = torch.cat([torch.full((1, 16), IMG), torch.tensor([[5, 6, 7]])], 1)
+    prefix = torch.ones_like(ids)
+    prefix[:, -1:] = 0
+    inputs = dict(input_ids=ids, token_type_ids=prefix, pixel_values=torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    target = lambda o: o.logits[:, -1].amax(-1)  # noqa: E731
+    layers = ref.layer_attentions(ref.eager_copy(model), inputs, target, lambda o: o.attentions)
+    amap = ex.explain(model, inputs, "gradient_weighted")
+    assert amap.meta["profile"] == "decoder" and amap.key.grid == (4, 4)
+    check(amap, ref.chefer_single_stream(layers[0], [16, 17, 18], list(range(16))), 0, **DEC)
+
+    cfg = T.Qwen2VLConfig(vision_config=dict(depth=1, embed_dim=16, hidden_size=16, num_heads=2, patch_size=4,
+                                             spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+                          text_config=dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                          image_token_id=IMG)
+    model = T.Qwen2VLForConditionalGeneration(cfg).eval()
+    ids = torch.cat([torch.tensor([[3, 4]]), torch.full((1, 6), IMG), torch.tensor([[5, 6]])], 1)
+    inputs = dict(input_ids=ids, mm_token_type_ids=(ids == IMG).long(), pixel_values=torch.randn(24, 96),
+                  image_grid_thw=torch.tensor([[1, 4, 6]]))
+    amap = ex.explain(model, inputs, "rollout")
+    assert amap.key.grid == (2, 3) and amap.weights.shape == (1, 4, 6)
+
+
+# ----------------------------------------------------------------------------- the model is left as it was
+@pytest.mark.parametrize("family", ["vilt", "clip", "llava"])
+def test_model_is_left_exactly_as_it_was(family, request):
+    if family == "clip":
+        model, inputs = dual("clip")
+    else:
+        model, inputs = request.getfixturevalue(family)
+    model.train()
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    hooks, attn = hook_state(model), impls(model)
+    try:
+        for method in ATTENTION:
+            ex.explain(model, inputs, method)
+            if method not in ("raw", "rollout"):  # these never evaluate the target
+                with pytest.raises(RuntimeError, match="boom"):
+                    ex.explain(model, inputs, method, target=lambda o: (_ for _ in ()).throw(RuntimeError("boom")))
+            assert hook_state(model) == hooks and impls(model) == attn, method
+            assert {n: p.requires_grad for n, p in model.named_parameters()} == flags, method
+            assert {n: m.training for n, m in model.named_modules()} == modes, method
+            assert all(p.grad is None for p in model.parameters()), method
+            assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), method
+    finally:
+        first.requires_grad_(True)
+        model.eval()
+
+
+def test_profiles_are_registered_and_found():
+    assert {"vilt", "dual_encoder", "decoder"} <= set(ex.profiles.available())
+
+
+# ----------------------------------------------------------------------------- through attnlens.evaluate
+def test_evaluate_vilt_with_gradient_explainers(tmp_path):
+    from evaluate_fixtures import write_flickr30k
+
+    torch.manual_seed(0)
+    cfg = T.ViltConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                       image_size=32, patch_size=8, max_image_length=-1, vocab_size=100, max_position_embeddings=40)
+    model = T.ViltForImageAndTextRetrieval(cfg).eval()
+    root = write_flickr30k(tmp_path / "f30k", n_images=1)
+    res = attnlens.evaluate(model, root, spec="vilt", explainers=("raw", "gradient_weighted", "rollout"),
+                            out=tmp_path / "out", settings={"steps": 4, "n_subsets": 5}, n_boot=200, gallery=1)
+    pg = res.metrics.query("metric == 'pointing_game'").set_index("alignment")
+    assert set(pg.index) >= {"raw", "gradient_weighted", "rollout"}
+    assert pg.loc["gradient_weighted", "n"] == pg.loc["raw", "n"] > 0
