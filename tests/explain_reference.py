@@ -309,7 +309,7 @@ def layer_attentions(model, inputs, target, attentions, grad=True):
     return out
 
 
-def vilt_attentions(model, inputs, target):
+def vilt_attentions(model, inputs, target, grad=True):
     """Per example (batch of one): (layers [(A, grad)], grid cells of the sequence's patches in order).
 
     ViLT shuffles its kept patches (``torch.multinomial`` in ``visual_embed``), so the cell of each
@@ -330,7 +330,7 @@ def vilt_attentions(model, inputs, target):
     try:
         for b in range(B):
             layers = layer_attentions(model, {k: v[b:b + 1] for k, v in inputs.items()}, target,
-                                      lambda o: o.attentions)[0]
+                                      lambda o: o.attentions, grad=grad)[0]
             out.append((layers, seen["cells"]))
     finally:
         del emb.visual_embed

@@ -261,3 +261,16 @@ def test_evaluate_vilt_with_gradient_explainers(tmp_path):
     pg = res.metrics.query("metric == 'pointing_game'").set_index("alignment")
     assert set(pg.index) >= {"raw", "gradient_weighted", "rollout"}
     assert pg.loc["gradient_weighted", "n"] == pg.loc["raw", "n"] > 0
+
+
+def test_bad_inputs_raise_typed_errors(llava):
+    model, inputs = dual("clip")
+    uneven = dict(inputs, input_ids=torch.cat([inputs["input_ids"], inputs["input_ids"][:1]]))  # 3 texts, 2 images
+    with pytest.raises(ExplainError, match="square"):
+        ex.explain(model, uneven, "gradient_weighted")
+    with pytest.raises(ExplainError, match="last position"):
+        ex.families.next_token_top(torch.zeros(2, 5))
+    model, inputs = llava
+    no_image = dict(input_ids=torch.tensor([[1, 2, 3]]))  # a text-only call: no image columns to explain
+    with pytest.raises(ExplainError):
+        ex.explain(model, no_image, "rollout")
