@@ -349,3 +349,98 @@ def attention_x_gradient_block(layer, text, image):
     """mean_h (grad * A)^+ of one layer, text rows x image columns."""
     a, g = layer
     return avg_heads(a, g)[text][:, image]
+
+
+def blip2_records(model, inputs, target):
+    """Per example (batch of one): dict of per-layer (A [H,Q,K], grad) lists of a BLIP-2 model (eager):
+    ``vision``, ``qself``, ``qcross``, ``lm``, read by plain forward hooks on its attention modules
+    (``output[1]``; transformers' BLIP-2 returns only the language model's output_attentions)."""
+    kinds = {}
+    for path, m in model.named_modules():
+        if path.startswith("vision_model.") and path.endswith("self_attn"):
+            kinds[path] = "vision"
+        elif path.startswith("qformer.") and path.endswith("crossattention.attention"):
+            kinds[path] = "qcross"
+        elif path.startswith("qformer.") and path.endswith(".attention.attention"):
+            kinds[path] = "qself"
+        elif path.startswith("language_model.") and path.endswith("self_attn"):
+            kinds[path] = "lm"
+    out = []
+    for b in range(inputs["input_ids"].shape[0]):
+        one = {k: v[b:b + 1] for k, v in inputs.items()}
+        seen, handles = [], []
+        for path, kind in kinds.items():
+            handles.append(model.get_submodule(path).register_forward_hook(
+                lambda mod, a, o, _k=kind: seen.append((_k, o[1]))))
+        try:
+            with torch.enable_grad():
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                o = model(**one, output_attentions=True)
+                grads = torch.autograd.grad(target(o).sum(), [a for _, a in seen], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        rec = {"vision": [], "qself": [], "qcross": [], "lm": []}
+        for (kind, a), g in zip(seen, grads):
+            rec[kind].append((a[0].detach().double(), torch.zeros_like(a[0]).double() if g is None else
+                              g[0].detach().double()))
+        out.append(rec)
+    return out
+
+
+def chefer_blip2(rec, text, image_positions):
+    """Chefer et al.'s rules through BLIP-2, one example: vision self-attention (R_ii), per Q-Former layer
+    self-attention then the bi-modal rule of its query -> image cross-attention (R_qq, R_qi), then the
+    language model's tokens at the image positions take their query token's R_qi row and the LM's
+    self-attention rule carries it on -> R_ji[text] without the vision [CLS] column."""
+    eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+    n_i = rec["vision"][0][0].shape[-1]
+    R_ii = eye(n_i)
+    for a, g in rec["vision"]:
+        R_ii = R_ii + avg_heads(a, g) @ R_ii
+    n_q = rec["qself"][0][0].shape[-1]
+    R_qq, R_qi, R_iq = eye(n_q), torch.zeros(n_q, n_i, dtype=torch.float64), torch.zeros(n_i, n_q, dtype=torch.float64)
+    for (a, g), (ca, cg) in zip(rec["qself"], rec["qcross"]):
+        cam = avg_heads(a, g)
+        R_qq, R_qi = R_qq + cam @ R_qq, R_qi + cam @ R_qi
+        add_qi, add_qq = mm_rule(R_qq, R_ii, R_iq, avg_heads(ca, cg))
+        R_qi, R_qq = R_qi + add_qi, R_qq + add_qq
+    n_j = rec["lm"][0][0].shape[-1]
+    R_ji = torch.zeros(n_j, n_i, dtype=torch.float64)
+    for j, p in enumerate(image_positions):
+        R_ji[p] = R_qi[j]
+    for a, g in rec["lm"]:
+        R_ji = R_ji + avg_heads(a, g) @ R_ji
+    return R_ji[text][:, 1:]
+
+
+def rollout_blip2(rec, text, image_positions):
+    """Rollout over the joint graph [image; query; LM tokens], one example: per stage the attending
+    stream's rows 0.5 I + 0.5 A (head mean, rows renormalised by a loop), other rows identity; the link
+    stage gives each LM image-token row the one-hot of its query token."""
+    n_i, n_q, n_j = rec["vision"][0][0].shape[-1], rec["qself"][0][0].shape[-1], rec["lm"][0][0].shape[-1]
+    n = n_i + n_q + n_j
+    spans = {"image": (0, n_i), "query": (n_i, n_i + n_q), "joint": (n_i + n_q, n)}
+    stages = [("image", "image", a) for a, _ in rec["vision"]]
+    for (a, _), (ca, _) in zip(rec["qself"], rec["qcross"]):
+        stages += [("query", "query", a), ("query", "image", ca)]
+    stages.append("link")
+    stages += [("joint", "joint", a) for a, _ in rec["lm"]]
+    R = torch.eye(n, dtype=torch.float64)
+    for st in stages:
+        M = torch.eye(n, dtype=torch.float64)
+        if st == "link":
+            for j, p in enumerate(image_positions):
+                M[n_i + n_q + p] = 0
+                M[n_i + n_q + p, n_i + j] = 1
+        else:
+            (r0, r1), (c0, c1) = spans[st[0]], spans[st[1]]
+            block = torch.zeros(r1 - r0, n, dtype=torch.float64)
+            block[:, r0:r1] = 0.5 * torch.eye(r1 - r0, dtype=torch.float64)
+            block[:, c0:c1] += 0.5 * st[2].mean(0)
+            for i in range(block.shape[0]):
+                block[i] = block[i] / block[i].sum()
+            M[r0:r1] = block
+        R = M @ R
+    return R[[n_i + n_q + t for t in text]][:, 1:n_i]

@@ -214,7 +214,7 @@ def test_paligemma_and_qwen2_vl_are_covered_by_the_decoder_profile():
 
 
 # ----------------------------------------------------------------------------- the model is left as it was
-@pytest.mark.parametrize("family", ["vilt", "clip", "llava"])
+@pytest.mark.parametrize("family", ["vilt", "clip", "llava", "blip2"])
 def test_model_is_left_exactly_as_it_was(family, request):
     if family == "clip":
         model, inputs = dual("clip")
@@ -228,7 +228,7 @@ def test_model_is_left_exactly_as_it_was(family, request):
     modes = {n: m.training for n, m in model.named_modules()}
     hooks, attn = hook_state(model), impls(model)
     try:
-        for method in ATTENTION:
+        for method in (ATTENTION if family != "blip2" else ("rollout", "gradient_weighted")):
             ex.explain(model, inputs, method)
             if method not in ("raw", "rollout"):  # these never evaluate the target
                 with pytest.raises(RuntimeError, match="boom"):
@@ -244,7 +244,7 @@ def test_model_is_left_exactly_as_it_was(family, request):
 
 
 def test_profiles_are_registered_and_found():
-    assert {"vilt", "dual_encoder", "decoder"} <= set(ex.profiles.available())
+    assert {"vilt", "dual_encoder", "decoder", "blip2"} <= set(ex.profiles.available())
 
 
 # ----------------------------------------------------------------------------- through attnlens.evaluate
@@ -274,3 +274,37 @@ def test_bad_inputs_raise_typed_errors(llava):
     no_image = dict(input_ids=torch.tensor([[1, 2, 3]]))  # a text-only call: no image columns to explain
     with pytest.raises(ExplainError):
         ex.explain(model, no_image, "rollout")
+
+
+# ----------------------------------------------------------------------------- BLIP-2 (Q-Former linked to the LM)
+@pytest.fixture(scope="module")
+def blip2():
+    torch.manual_seed(0)
+    cfg = T.Blip2Config(vision_config=dict(VISION), num_query_tokens=4, image_token_id=IMG,
+                        qformer_config=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=32, encoder_hidden_size=16, vocab_size=100,
+                                            cross_attention_frequency=1),
+                        text_config=dict(model_type="opt", hidden_size=16, ffn_dim=32, num_hidden_layers=2,
+                                         num_attention_heads=2, vocab_size=100, word_embed_proj_dim=16))
+    model = T.Blip2ForConditionalGeneration(cfg).double().eval()
+    g = torch.Generator().manual_seed(4)
+    ids = torch.cat([torch.full((2, 4), IMG), torch.randint(3, 90, (2, 3), generator=g)], 1)
+    inputs = dict(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64))
+    return model, inputs
+
+
+def test_blip2_relevance_and_rollout_go_through_the_qformer_to_the_patches(blip2):
+    model, inputs = blip2
+    target = lambda o: o.logits[:, -1].amax(-1)  # noqa: E731
+    recs = ref.blip2_records(ref.eager_copy(model), inputs, target)
+    gw = ex.explain(model, inputs, "gradient_weighted")
+    ro = ex.explain(model, inputs, "rollout")
+    assert gw.dims == ("batch", "word", "patch") and gw.key.grid == (4, 4) and gw.meta["profile"] == "blip2"
+    text, image = [4, 5, 6], [0, 1, 2, 3]
+    for b in range(2):
+        check(gw, ref.chefer_blip2(recs[b], text, image), b, **DEC)
+        check(ro, ref.rollout_blip2(recs[b], text, image), b, **DEC)
+    assert bool((gw.weights.abs().sum(-1) > 0).all()) and bool((ro.weights.sum(-1) > 0).all())
+    # BLIP-2 has no text -> image attention call: raw maps come from capture, not from this profile
+    with pytest.raises(ExplainError, match="no attention step"):
+        ex.explain(model, inputs, "raw")

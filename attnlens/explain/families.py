@@ -32,18 +32,32 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]``:
   Captum features: the multimodal projector's output (the image tokens' embeddings) for LLaVA
   and PaliGemma.
 
-BLIP-2 / InstructBLIP are not covered (their language model reads Q-Former query tokens, not
-patches; capture's ``qformer`` adapter records them for ``raw``).
+* ``blip2`` -- BLIP-2 (``Blip2ForConditionalGeneration`` with a decoder-only language model):
+  three streams. ``image``: the vision tower's self-attention (``[CLS]`` + patches); ``query``: the
+  Q-Former's self-attention over its query tokens and its cross-attention from the queries to the
+  vision tower's output (the bi-modal rule, as for BLIP); ``joint``: the language model's
+  self-attention. The Q-Former's outputs *are* the language model's image tokens (projected), a
+  **link** (:mod:`.relevance`, :mod:`.rollout`): each image-token position of the language model
+  starts with the relevance of its query token over the patches, and the language model's
+  self-attention rule carries it to the text tokens. Rows: the non-image tokens; columns: the
+  patches (the vision ``[CLS]`` dropped), with the patch grid. Target: the last position's top
+  logit. ``raw`` and ``attention_x_gradient`` need a text -> image attention call, which BLIP-2
+  does not have (capture's ``qformer`` and ``llava`` adapters record its two blocks for raw maps).
+  InstructBLIP is not covered: its Q-Former self-attention also reads the instruction tokens,
+  which do not cross-attend, so the query stream has no single size.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 
 from ..attention_map import AttentionMap
 from ..capture.adapters import dual as _dual, llava as _llava, vilt as _vilt
-from ..capture.adapters.hf import is_hf
+from ..capture.adapters.hf import WeightsTap, attention_modules, is_hf, method_of, vision_grid
 from ..errors import ExplainError
+from ..models.attention import ProbeRecord
 from . import profiles as _p
 from .profiles import Profile
 from .trace import Layout
@@ -206,6 +220,80 @@ def decoder_profile(model: nn.Module) -> Profile:
                                "tokens, columns the image tokens; target the last position's top logit")
 
 
+# ----------------------------------------------------------------------------- BLIP-2
+_BLIP2 = (("vision_model", re.compile(r"vision_model\.encoder\.layers\.(\d+)\.self_attn$"), "image", "image", "v"),
+          ("qformer", re.compile(r"qformer\.encoder\.layer\.(\d+)\.attention\.attention$"), "query", "query", "q-self"),
+          ("qformer", re.compile(r"qformer\.encoder\.layer\.(\d+)\.crossattention\.attention$"), "query", "image",
+           "q-cross"))
+
+
+def _blip2_root(model) -> str | None:
+    for path, m in model.named_modules():
+        if is_hf(m, "Blip2ForConditionalGeneration"):
+            return path
+    return None
+
+
+def _blip2_sites(model, inputs):
+    root = _blip2_root(model)
+    top = model.get_submodule(root) if root else model
+    taps = []
+    for part in ("vision_model", "qformer"):
+        sub = top.get_submodule(part)
+        layers = {p: m for p, m in attention_modules(sub, _p._join(root, part)).items()
+                  if any(rule.search(p) for _, rule, *_ in _BLIP2)}
+        method = method_of(sub)
+
+        def on_weights(path, args, kwargs, weights, emit, wanted, _m=method):
+            if path in wanted:
+                q, k = weights.shape[-2:]
+                emit(path, ProbeRecord(weights, None, ("batch", "head", "query", "key"), meta={
+                    "method": _m, "alignment": "scaled_dot", "block": "full",
+                    "query_positions": list(range(q)), "key_positions": list(range(k))}))
+
+        taps.append(WeightsTap(layers, {p: p for p in layers}, on_weights, switch=sub))
+    return taps + _llava.taps(model, block="full")
+
+
+def _blip2_classify(amap: AttentionMap):
+    for _, rule, q, k, stage in _BLIP2:
+        hit = rule.search(amap.site)
+        if hit:
+            return q, k, (stage, int(hit.group(1)))
+    if amap.site.endswith("/full"):
+        return "joint", "joint", ("lm", amap.site)
+    raise ExplainError(f"BLIP-2 profile: unexpected site {amap.site!r}")
+
+
+def _lm_map(maps) -> AttentionMap:
+    lm = [m for m in maps if m.site.endswith("/full")]
+    if not lm:
+        raise ExplainError("BLIP-2: the language model recorded no attention (are the query tokens in input_ids?)")
+    return lm[0]
+
+
+def _blip2_layout(model, inputs, streams, maps) -> Layout:
+    meta, n = _lm_map(maps).meta, streams["image"]
+    grid, _ = vision_grid(model.get_submodule(_p._join(_blip2_root(model) or "", "vision_model")).config)
+    return Layout(("joint", _tensor(meta.get("text_positions"), "text positions")), ("image", torch.arange(1, n)),
+                  key_dim="patch", grid=grid if grid is not None and grid[0] * grid[1] == n - 1 else None)
+
+
+def _blip2_links(model, inputs, maps):
+    return [("joint", _tensor(_lm_map(maps).meta.get("image_positions"), "image positions"), "query")]
+
+
+def blip2_profile(model: nn.Module) -> Profile:
+    """Profile of BLIP-2 with a decoder-only language model (module docstring)."""
+    root = _blip2_root(model) or ""
+    return Profile("blip2", _blip2_sites, _blip2_classify, _blip2_layout, target=next_token_top,
+                   features=lambda m, inputs: ("layer", _p._join(root, "vision_model.embeddings")), key_dim="patch",
+                   feature_keep=slice(1, None), links=_blip2_links,
+                   description="vision self-attention, Q-Former self- and query -> image cross-attention, linked to "
+                               "the language model's image tokens, language-model self-attention")
+
+
+_p.register("blip2", lambda m: _blip2_root(m) is not None, blip2_profile)
 _p.register("vilt", lambda m: _p._find(m, "ViltModel", "transformers.models.vilt") is not None, vilt_profile)
 _p.register("dual_encoder", lambda m: any(is_hf(s, *_DUAL) for s in m.modules()), dual_encoder_profile)
 _p.register("decoder", lambda m: _decoder_root(m) is not None, decoder_profile)

@@ -46,10 +46,11 @@ def fuse_heads(w: torch.Tensor, heads="mean") -> torch.Tensor:
 def candidates(trace: Trace) -> tuple[list[Step], bool]:
     """The steps from the text tokens to the image tokens (or back, then ``True``), in call order."""
     (ts, _), (is_, _) = trace.layout.text, trace.layout.image
-    forward = [s for s in trace.steps if s.query == ts and s.key == is_]
+    steps = [s for s in trace.steps if s.kind == "attention"]
+    forward = [s for s in steps if s.query == ts and s.key == is_]
     if forward:
         return forward, False
-    back = [s for s in trace.steps if s.query == is_ and s.key == ts]
+    back = [s for s in steps if s.query == is_ and s.key == ts]
     if back:
         return back, True
     raise ExplainError(f"no attention step from the text stream {ts!r} to the image stream {is_!r} "

@@ -41,6 +41,10 @@ class Step:
         weights: ``[B, H, Q, K]`` attention weights (detached).
         grad: ``[B, H, Q, K]`` gradient of the summed target with respect to the weights, or None.
         layer: the map's layer index (None when unknown).
+        kind: ``"attention"``, or ``"link"``: no attention call but the hand-over of tokens from one
+            stream to another (BLIP-2's Q-Former outputs become the language model's image tokens):
+            ``weights[b, 0, i, j] = 1`` when token ``i`` of the query stream *is* token ``j`` of the
+            key stream (its rows replace, they do not mix; see :mod:`.relevance`, :mod:`.rollout`).
     """
 
     site: str
@@ -50,6 +54,7 @@ class Step:
     weights: torch.Tensor
     grad: torch.Tensor | None = None
     layer: int | None = None
+    kind: str = "attention"
 
     @property
     def is_self(self) -> bool:
@@ -128,8 +133,9 @@ class Trace:
                 m = matrix[(s, q)]
             return select(select(m, 1, rows), 2, cols)
 
-        transposed = ts != is_ and not any(st.query == ts and st.key == is_ for st in self.steps) and \
-            any(st.query == is_ and st.key == ts for st in self.steps)
+        attn = [st for st in self.steps if st.kind == "attention"]
+        transposed = ts != is_ and not any(st.query == ts and st.key == is_ for st in attn) and \
+            any(st.query == is_ and st.key == ts for st in attn)
         if transposed:
             return self.layout.place(take(is_, ts, ip, tp).transpose(1, 2)), True
         return self.layout.place(take(ts, is_, tp, ip)), False
