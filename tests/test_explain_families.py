@@ -308,3 +308,22 @@ def test_blip2_relevance_and_rollout_go_through_the_qformer_to_the_patches(blip2
     # BLIP-2 has no text -> image attention call: raw maps come from capture, not from this profile
     with pytest.raises(ExplainError, match="no attention step"):
         ex.explain(model, inputs, "raw")
+
+
+def test_clip_and_llava_specs_give_the_gradient_maps_in_the_raw_maps_shape(llava):
+    import numpy as np
+
+    from attnlens.evaluate import EvalItem
+    from attnlens.evaluate.specs.clip import ClipSpec
+    from attnlens.evaluate.specs.llava import LlavaSpec
+
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    item = EvalItem("q/0", ("a", "red", "dog"), (), (40, 40), image=img)
+    import copy
+
+    for spec, model in ((ClipSpec(), dual("clip")[0].float()), (LlavaSpec(), copy.deepcopy(llava[0]).float())):
+        inputs = spec.inputs(model, item)
+        raw = spec.attention(model, item, inputs, "raw")
+        for method in ("rollout", "gradient_weighted", "attention_x_gradient"):
+            w = spec.attention(model, item, inputs, method)
+            assert w.shape == raw.shape and bool(torch.isfinite(w).all()), (spec.name, method)
