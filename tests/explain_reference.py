@@ -390,7 +390,7 @@ def blip2_records(model, inputs, target):
 
 
 def chefer_blip2(rec, text, image_positions):
-    """Chefer et al.'s rules through BLIP-2, one example: vision self-attention (R_ii), per Q-Former layer
+    """Chefer et al.'s rules through BLIP-2 / InstructBLIP, one example: vision self-attention (R_ii), per Q-Former layer
     self-attention then the bi-modal rule of its query -> image cross-attention (R_qq, R_qi), then the
     language model's tokens at the image positions take their query token's R_qi row and the LM's
     self-attention rule carries it on -> R_ji[text] without the vision [CLS] column."""
@@ -404,7 +404,9 @@ def chefer_blip2(rec, text, image_positions):
     for (a, g), (ca, cg) in zip(rec["qself"], rec["qcross"]):
         cam = avg_heads(a, g)
         R_qq, R_qi = R_qq + cam @ R_qq, R_qi + cam @ R_qi
-        add_qi, add_qq = mm_rule(R_qq, R_ii, R_iq, avg_heads(ca, cg))
+        cross = torch.zeros(n_q, n_i, dtype=torch.float64)  # InstructBLIP: the instruction tokens do not cross-attend
+        cross[:ca.shape[-2]] = avg_heads(ca, cg)
+        add_qi, add_qq = mm_rule(R_qq, R_ii, R_iq, cross)
         R_qi, R_qq = R_qi + add_qi, R_qq + add_qq
     n_j = rec["lm"][0][0].shape[-1]
     R_ji = torch.zeros(n_j, n_i, dtype=torch.float64)
@@ -438,7 +440,8 @@ def rollout_blip2(rec, text, image_positions):
             (r0, r1), (c0, c1) = spans[st[0]], spans[st[1]]
             block = torch.zeros(r1 - r0, n, dtype=torch.float64)
             block[:, r0:r1] = 0.5 * torch.eye(r1 - r0, dtype=torch.float64)
-            block[:, c0:c1] += 0.5 * st[2].mean(0)
+            att = st[2].mean(0)
+            block[:att.shape[0], c0:c1] += 0.5 * att  # rows beyond (InstructBLIP's instruction tokens): identity
             for i in range(block.shape[0]):
                 block[i] = block[i] / block[i].sum()
             M[r0:r1] = block

@@ -327,3 +327,25 @@ def test_clip_and_llava_specs_give_the_gradient_maps_in_the_raw_maps_shape(llava
         for method in ("rollout", "gradient_weighted", "attention_x_gradient"):
             w = spec.attention(model, item, inputs, method)
             assert w.shape == raw.shape and bool(torch.isfinite(w).all()), (spec.name, method)
+
+
+def test_instructblip_instruction_tokens_pass_through_the_cross_attention():
+    torch.manual_seed(0)
+    cfg = T.InstructBlipConfig(vision_config=dict(VISION), num_query_tokens=4, image_token_id=IMG,
+                               qformer_config=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                   intermediate_size=32, encoder_hidden_size=16, vocab_size=100,
+                                                   cross_attention_frequency=1),
+                               text_config=dict(model_type="opt", hidden_size=16, ffn_dim=32, num_hidden_layers=2,
+                                                num_attention_heads=2, vocab_size=100, word_embed_proj_dim=16))
+    model = T.InstructBlipForConditionalGeneration(cfg).double().eval()
+    ids = torch.cat([torch.full((1, 4), IMG), torch.tensor([[11, 12, 13]])], 1)
+    inputs = dict(input_ids=ids, qformer_input_ids=torch.tensor([[5, 6, 7]]),
+                  pixel_values=torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    target = lambda o: o.logits[:, -1].amax(-1)  # noqa: E731
+    recs = ref.blip2_records(ref.eager_copy(model), inputs, target)
+    assert recs[0]["qself"][0][0].shape[-1] == 7 and recs[0]["qcross"][0][0].shape[-2] == 4
+    gw = ex.explain(model, inputs, "gradient_weighted")
+    ro = ex.explain(model, inputs, "rollout")
+    assert gw.meta["profile"] == "blip2" and gw.weights.shape == (1, 3, 16)
+    check(gw, ref.chefer_blip2(recs[0], [4, 5, 6], [0, 1, 2, 3]), 0, **DEC)
+    check(ro, ref.rollout_blip2(recs[0], [4, 5, 6], [0, 1, 2, 3]), 0, **DEC)

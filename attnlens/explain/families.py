@@ -32,7 +32,8 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]``:
   Captum features: the multimodal projector's output (the image tokens' embeddings) for LLaVA
   and PaliGemma.
 
-* ``blip2`` -- BLIP-2 (``Blip2ForConditionalGeneration`` with a decoder-only language model):
+* ``blip2`` -- BLIP-2 (``Blip2ForConditionalGeneration`` with a decoder-only language model) and
+  InstructBLIP:
   three streams. ``image``: the vision tower's self-attention (``[CLS]`` + patches); ``query``: the
   Q-Former's self-attention over its query tokens and its cross-attention from the queries to the
   vision tower's output (the bi-modal rule, as for BLIP); ``joint``: the language model's
@@ -43,8 +44,10 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]``:
   patches (the vision ``[CLS]`` dropped), with the patch grid. Target: the last position's top
   logit. ``raw`` and ``attention_x_gradient`` need a text -> image attention call, which BLIP-2
   does not have (capture's ``qformer`` and ``llava`` adapters record its two blocks for raw maps).
-  InstructBLIP is not covered: its Q-Former self-attention also reads the instruction tokens,
-  which do not cross-attend, so the query stream has no single size.
+  InstructBLIP (``InstructBlipForConditionalGeneration``) the same way: its Q-Former's
+  self-attention also reads the instruction tokens (``qformer_input_ids``), which do not
+  cross-attend (zero rows in the cross-attention step: they pass through) and are not handed to
+  the language model (the link takes the first ``num_query_tokens`` tokens of the query stream).
 """
 from __future__ import annotations
 
@@ -227,9 +230,12 @@ _BLIP2 = (("vision_model", re.compile(r"vision_model\.encoder\.layers\.(\d+)\.se
            "q-cross"))
 
 
+_BLIP2_TOPS = ("Blip2ForConditionalGeneration", "InstructBlipForConditionalGeneration")
+
+
 def _blip2_root(model) -> str | None:
     for path, m in model.named_modules():
-        if is_hf(m, "Blip2ForConditionalGeneration"):
+        if is_hf(m, *_BLIP2_TOPS):
             return path
     return None
 
@@ -237,7 +243,7 @@ def _blip2_root(model) -> str | None:
 def _blip2_sites(model, inputs):
     root = _blip2_root(model)
     top = model.get_submodule(root) if root else model
-    taps = []
+    taps, seen = [], {"query": None}
     for part in ("vision_model", "qformer"):
         sub = top.get_submodule(part)
         layers = {p: m for p, m in attention_modules(sub, _p._join(root, part)).items()
@@ -245,11 +251,17 @@ def _blip2_sites(model, inputs):
         method = method_of(sub)
 
         def on_weights(path, args, kwargs, weights, emit, wanted, _m=method):
-            if path in wanted:
-                q, k = weights.shape[-2:]
-                emit(path, ProbeRecord(weights, None, ("batch", "head", "query", "key"), meta={
-                    "method": _m, "alignment": "scaled_dot", "block": "full",
-                    "query_positions": list(range(q)), "key_positions": list(range(k))}))
+            if path not in wanted:
+                return
+            b, h, q, k = weights.shape
+            if path.endswith(".attention.attention") and not path.endswith("crossattention.attention"):
+                seen["query"] = q  # the Q-Former's self-attention: queries (+ InstructBLIP's instruction tokens)
+            elif path.endswith("crossattention.attention") and seen["query"] and seen["query"] > q:
+                # only the queries cross-attend: the instruction tokens' rows are zero (they pass through)
+                weights = torch.cat([weights, weights.new_zeros(b, h, seen["query"] - q, k)], 2)
+            emit(path, ProbeRecord(weights, None, ("batch", "head", "query", "key"), meta={
+                "method": _m, "alignment": "scaled_dot", "block": "full",
+                "query_positions": list(range(weights.shape[2])), "key_positions": list(range(k))}))
 
         taps.append(WeightsTap(layers, {p: p for p in layers}, on_weights, switch=sub))
     return taps + _llava.taps(model, block="full")

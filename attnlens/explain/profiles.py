@@ -15,7 +15,7 @@ A :class:`Profile` tells the explainers, for one family of models,
   that tensor that are image tokens (e.g. ``slice(1, None)`` without BLIP's ``[CLS]``), and
   ``key_dim`` the name of the image axis of attribution maps;
 * optionally ``links(model, inputs, maps) -> [(stream, positions, source stream)]``: the tokens at
-  ``positions`` of ``stream`` are the tokens of ``source stream`` handed over (BLIP-2's Q-Former
+  ``positions`` of ``stream`` are the first ``len(positions)`` tokens of ``source stream`` handed over (BLIP-2's Q-Former
   outputs at the language model's image-token positions; a link step, :class:`~.trace.Step`).
 
 Built in (found by :func:`profile_for`):

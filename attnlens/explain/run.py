@@ -79,15 +79,18 @@ def _group_calls(maps: list[AttentionMap], grads: list[torch.Tensor | None]):
 
 
 def _link(dst: str, src: str, positions: torch.Tensor, w: torch.Tensor, streams: dict, stages: dict) -> Step:
-    """The link step: token ``positions[j]`` of stream ``dst`` is token ``j`` of stream ``src``."""
+    """The link step: token ``positions[j]`` of stream ``dst`` is token ``j`` of stream ``src`` (the first
+    ``len(positions)`` tokens of ``src`` are handed over)."""
     if src not in streams:
         raise ExplainError(f"stream {dst!r} links to stream {src!r}, which no earlier attention map read")
     b, n_dst, n_src = w.shape[0], w.shape[2], streams[src]
     pos = positions.to(w.device).expand(b, -1) if positions.ndim == 1 else positions.to(w.device)
-    if pos.shape[1] != n_src:
-        raise ShapeError(f"stream {dst!r}: {pos.shape[1]} linked positions for the {n_src} tokens of stream {src!r}")
+    n = pos.shape[1]
+    if n > n_src or (n and int(pos.max()) >= n_dst):
+        raise ShapeError(f"stream {dst!r} ({n_dst} tokens): linked positions {pos.tolist()} for the first {n} of the "
+                         f"{n_src} tokens of stream {src!r}")
     sel = w.new_zeros(b, 1, n_dst, n_src)
-    sel[torch.arange(b)[:, None], 0, pos, torch.arange(n_src)[None, :]] = 1
+    sel[torch.arange(b)[:, None], 0, pos, torch.arange(n)[None, :]] = 1
     streams[dst] = n_dst
     return Step(f"link:{src}->{dst}", stages.setdefault(("link", dst), len(stages)), dst, src, sel, None, None, "link")
 
