@@ -186,8 +186,20 @@ def test_llava_given_answer_target_and_captum_on_the_projector(llava):
     assert ixg.dims == ("batch", "output", "patch") and ixg.weights.shape == (2, 1, 16)
 
 
-def test_paligemma_and_qwen2_vl_are_covered_by_the_decoder_profile():
+def test_paligemma_llava_next_and_qwen2_vl_are_covered_by_the_decoder_profile():
     torch.manual_seed(0)
+    cfg = T.LlavaNextConfig(vision_config=T.CLIPVisionConfig(**VISION), text_config=T.LlamaConfig(**TEXT),
+                            image_token_id=IMG, image_grid_pinpoints=[[32, 64]])
+    model = T.LlavaNextForConditionalGeneration(cfg).double().eval()
+    ids = torch.cat([torch.tensor([[3, 4]]), torch.full((1, 52), IMG), torch.tensor([[5, 6, 7]])], 1)  # any-res
+    inputs = dict(input_ids=ids, pixel_values=torch.randn(1, 3, 3, 32, 32, dtype=torch.float64),
+                  image_sizes=torch.tensor([[32, 64]]))
+    target = lambda o: o.logits[:, -1].amax(-1)  # noqa: E731
+    layers = ref.layer_attentions(ref.eager_copy(model), inputs, target, lambda o: o.attentions)
+    amap = ex.explain(model, inputs, "gradient_weighted")
+    assert amap.key.grid is None and amap.weights.shape == (1, 5, 52)  # any-res tokens: no single grid
+    check(amap, ref.chefer_single_stream(layers[0], [0, 1, 54, 55, 56], list(range(2, 54))), 0, **DEC)
+
     cfg = T.PaliGemmaConfig(vision_config=T.SiglipVisionConfig(**VISION), projection_dim=16,
                             text_config=T.GemmaConfig(**TEXT, head_dim=8), image_token_id=IMG)
     model = T.PaliGemmaForConditionalGeneration(cfg).double().eval()
@@ -211,6 +223,8 @@ def test_paligemma_and_qwen2_vl_are_covered_by_the_decoder_profile():
                   image_grid_thw=torch.tensor([[1, 4, 6]]))
     amap = ex.explain(model, inputs, "rollout")
     assert amap.key.grid == (2, 3) and amap.weights.shape == (1, 4, 6)
+    with pytest.raises(ExplainError, match="LLaVA and PaliGemma"):
+        ex.explain(model, inputs, "input_x_gradient")
 
 
 # ----------------------------------------------------------------------------- the model is left as it was

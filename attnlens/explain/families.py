@@ -30,7 +30,8 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]``:
   ``lambda o: o.logits[:, -2, answer_id]`` for teacher-forced scoring. The vision tower's own
   attention is not traced (the relevance starts at the image tokens of the language model).
   Captum features: the multimodal projector's output (the image tokens' embeddings) for LLaVA
-  and PaliGemma.
+  and PaliGemma (LLaVA-NeXT's crops and Qwen2-VL's merged patches are not one ``[B, N, D]``
+  tensor: refused). LLaVA-NeXT's any-resolution image tokens have no single grid (``grid`` None).
 
 * ``blip2`` -- BLIP-2 (``Blip2ForConditionalGeneration`` with a decoder-only language model) and
   InstructBLIP:
@@ -206,7 +207,10 @@ def _decoder_layout(model, inputs, streams, maps) -> Layout:
 
 
 def _decoder_features(model, inputs):
-    root = _decoder_root(model)[0]
+    root, kind = _decoder_root(model)
+    if kind != "grid":  # LLaVA-NeXT's crops, Qwen2-VL's merged patches: the projector output is not [B, N, D]
+        raise ExplainError(f"{type(model).__name__}: the captum attributions need the image tokens' embeddings as "
+                           "one [batch, tokens, dim] tensor, which only LLaVA and PaliGemma's projector gives")
     for path, m in model.named_modules():
         if path.rsplit(".", 1)[-1] == "multi_modal_projector" and (not root or path.startswith(root + ".")
                                                                    or path == root):
