@@ -134,6 +134,27 @@ def test_dual_encoder_methods_match_references_within_the_image_tower(kind):
               ref.attention_x_gradient_block(layers[b][-1], rows, cols).mean(0, keepdim=True), b)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_dual_encoder_text_tower_reads_the_pooled_token_row(kind):
+    model, inputs = dual(kind)
+    ids = inputs["input_ids"].clone()
+    if kind == "clip":  # CLIP pools its first end-of-text token: put one at positions 3 and 2
+        model.text_model.eos_token_id = 50
+        ids[ids == 50] = 51
+        ids[0, 3] = ids[1, 2] = 50
+    inputs = dict(inputs, input_ids=ids)
+    target = lambda o: o.logits_per_image[:, 0]  # noqa: E731
+    layers = ref.layer_attentions(ref.eager_copy(model), inputs, target, lambda o: o.text_model_output.attentions)
+    prof = ex.families.dual_encoder_profile(model, "text")
+    pooled = [3, 2] if kind == "clip" else [4, 4]  # SigLIP pools the last token
+    assert ex.families.pooled_text_position(model, ids)[:, 0].tolist() == pooled
+    for method, fn in (("gradient_weighted", ref.chefer_single_stream), ("rollout", ref.rollout_single_stream)):
+        amap = ex.explain(model, inputs, method, profile=prof)
+        assert amap.dims == ("batch", "output", "word") and amap.key.modality == "text"
+        for b in range(2):
+            check(amap, fn(layers[b], [pooled[b]], list(range(5))), b)
+
+
 def test_clip_target_is_the_pair_similarity_and_captum_reads_the_patch_embeddings():
     model, inputs = dual("clip")
     amap = ex.explain(model, inputs, "input_x_gradient")

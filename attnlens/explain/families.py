@@ -17,7 +17,9 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]``:
   (``query_dim = "output"``) over the image patches: CLIP's image ``[CLS]`` row (the token its
   pooled embedding is read from) without the ``[CLS]`` column; SigLIP has no ``[CLS]`` (its
   attention-pooling head reads every patch), so its row is the mean of the patch rows (the
-  pooling head's own probe attention is not propagated). Target: the pair's similarity
+  pooling head's own probe attention is not propagated). ``dual_encoder_profile(model, "text")``
+  reads the text tower the same way: the row of the token it pools (CLIP's end-of-text token,
+  SigLIP's last token) over the text tokens. Target: the pair's similarity
   ``logits_per_image[b, b]`` (image ``b`` with text ``b``: as many images as texts). Captum
   features: the vision embeddings' output (CLIP without its ``[CLS]``).
 * ``decoder`` -- LLaVA-style decoder-only models (LLaVA, LLaVA-NeXT, PaliGemma, Qwen2-VL,
@@ -143,6 +145,27 @@ def _dual_root(model) -> str:
     raise ExplainError(f"{type(model).__name__} holds no CLIPModel / SiglipModel")
 
 
+def pooled_text_position(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, 1]`` position of the token a dual encoder's text tower pools: CLIP's end-of-text token
+    (``argmax`` of the ids for the legacy ``eos_token_id == 2``, else the first ``eos_token_id``),
+    SigLIP's last token (transformers' own rules)."""
+    root = model.get_submodule(_dual_root(model))
+    b, n = input_ids.shape
+    if not type(root).__name__.startswith("CLIP"):
+        return torch.full((b, 1), n - 1, dtype=torch.long)
+    eos = root.text_model.eos_token_id
+    if eos == 2:
+        return input_ids.argmax(-1, keepdim=True)
+    return (input_ids == eos).int().argmax(-1, keepdim=True)
+
+
+def _dual_text_layout(model, inputs, streams, maps) -> Layout:
+    if "text" not in streams:
+        raise ExplainError("the dual encoder's text tower recorded no self-attention")
+    rows = pooled_text_position(model, inputs["input_ids"])
+    return Layout(("text", rows), ("text", None), query_dim="output", key_dim="word", key_modality="text")
+
+
 def _dual_layout(model, inputs, streams, maps) -> Layout:
     image = [m for m in maps if m.query.modality == "image"]
     if not image:
@@ -161,10 +184,24 @@ def _dual_features(model, inputs):
     return "layer", _p._join(_dual_root(model), "vision_model.embeddings")
 
 
-def dual_encoder_profile(model: nn.Module) -> Profile:
-    """Profile of transformers' CLIP / SigLIP dual encoders (module docstring)."""
+def dual_encoder_profile(model: nn.Module, tower: str = "image") -> Profile:
+    """Profile of transformers' CLIP / SigLIP dual encoders (module docstring).
+
+    Args:
+        tower: ``"image"`` (the default, found by :func:`~attnlens.explain.profiles.profile_for`): one
+            row over the patches; ``"text"``: the row of the token the text tower pools (CLIP's
+            end-of-text token, SigLIP's last token) over the text tokens, dims ``("batch", "output",
+            "word")`` (pass ``profile=dual_encoder_profile(model, "text")`` to :func:`~attnlens.explain.explain`).
+    """
+    if tower not in ("image", "text"):
+        raise ExplainError(f"tower must be 'image' or 'text', got {tower!r}")
     root = model.get_submodule(_dual_root(model))
     clip = type(root).__name__.startswith("CLIP")
+    if tower == "text":
+        return Profile("dual_encoder", lambda m, inputs: _dual.taps(m), _dual_classify, _dual_text_layout,
+                       target=pair_logit, key_dim="word",
+                       description="self-attention within each tower; the text tower's pooled row over the text "
+                                   "tokens; target logits_per_image[b, b]")
     return Profile("dual_encoder", lambda m, inputs: _dual.taps(m), _dual_classify, _dual_layout, target=pair_logit,
                    features=_dual_features, key_dim="patch", feature_keep=slice(1, None) if clip else None,
                    description="self-attention within each tower; the image [CLS] row (SigLIP: the mean patch row) "

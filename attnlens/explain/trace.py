@@ -70,6 +70,8 @@ class Layout:
         image: ``(stream, positions)`` of the image tokens (regions or patches).
         query_dim / key_dim: axis names of the resulting map (``"word"``, ``"region"``/``"patch"``).
         grid: ``(rows, cols)`` of a patch image side, or None.
+        cells: grid cell of each image column (:meth:`place`); row_mean: average the rows into one.
+        key_modality: modality of the columns (``"image"``; ``"text"`` for a dual encoder's text tower).
     """
 
     text: tuple[str, torch.Tensor | None]
@@ -79,6 +81,7 @@ class Layout:
     grid: tuple[int, int] | None = None
     cells: torch.Tensor | None = None
     row_mean: bool = False
+    key_modality: str = "image"
 
     def place(self, block: torch.Tensor) -> torch.Tensor:
         """The ``[B, rows, image]`` block in the map's final form: each image column moved to its
