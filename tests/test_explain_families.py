@@ -107,10 +107,21 @@ def test_vilt_methods_match_references_on_the_grid_cells(vilt):
         assert bool((amaps[m].weights[1][:, dropped] == 0).all()), m
 
 
-def test_vilt_without_captum_features_says_so(vilt):
+def test_vilt_input_x_gradient_of_the_patch_embedding_map_is_on_the_grid(vilt):
     model, inputs = vilt
-    with pytest.raises(ExplainError, match="vilt"):
-        ex.explain(model, inputs, "input_x_gradient")
+    amap = ex.explain(model, inputs, "input_x_gradient")
+    assert amap.dims == ("batch", "output", "patch") and amap.key.grid == (4, 6)
+    seen = {}
+    h = model.vilt.embeddings.patch_embeddings.register_forward_hook(lambda m, a, o: seen.setdefault("x", o))
+    try:
+        with torch.enable_grad():
+            out = model(**inputs)
+            g, = torch.autograd.grad(out.logits[:, 0].sum(), seen["x"])
+    finally:
+        h.remove()
+    expected = (seen["x"] * g).sum(1).flatten(1).detach()   # [B, rows * cols], row-major cells
+    torch.testing.assert_close(amap.weights[:, 0], expected, rtol=1e-7, atol=1e-12)
+    assert bool((amap.weights[1, 0].view(4, 6)[:, 4:] == 0).all())  # the padding cells: no effect on the output
 
 
 # ----------------------------------------------------------------------------- CLIP / SigLIP

@@ -9,8 +9,9 @@ with ``meta["text_positions"]`` / ``meta["image_positions"]``:
   ViLT kept, each placed at its grid cell (the key axis is the image's ``(rows, cols)`` grid,
   row-major, ``Side.grid``); cells ViLT dropped or masked are 0; the image ``[CLS]`` is not a
   column (it is a token of the sequence, so relevance flows through it). Default target: the
-  top logit (``ViltForImageAndTextRetrieval``: its one ITM logit). No captum features: ViLT's
-  patch embedding is a convolution over pixels, not a ``[B, R, D]`` tensor.
+  top logit (``ViltForImageAndTextRetrieval``: its one ITM logit). Captum features: the patch
+  embedding's feature map ``[B, D, rows, cols]`` read as one token per grid cell (before ViLT
+  selects patches, so the attributions' columns are the grid cells too).
 * ``dual_encoder`` -- CLIP and SigLIP (``CLIPModel``, ``SiglipModel``): no cross-modal attention,
   so rollout and Chefer's self-attention rule run inside each tower (the text tower's steps are
   traced too, but nothing mixes it with the image), and the map is **one row**
@@ -108,7 +109,9 @@ def _vilt_layout(model, inputs, streams, maps) -> Layout:
 
 def vilt_profile(model: nn.Module) -> Profile:
     """Profile of transformers' ViLT models (module docstring)."""
+    root = _p._find(model, "ViltModel", "transformers.models.vilt")
     return Profile("vilt", _vilt_sites, _p._joint_classify, _vilt_layout,
+                   features=lambda m, inputs: ("grid", _p._join(root, "embeddings.patch_embeddings")),
                    description="single stream: joint self-attention over [text; image CLS; kept patches], "
                                "columns at their grid cells", key_dim="patch")
 
