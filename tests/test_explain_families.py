@@ -370,7 +370,8 @@ def test_clip_and_llava_specs_give_the_gradient_maps_in_the_raw_maps_shape(llava
     for spec, model in ((ClipSpec(), dual("clip")[0].float()), (LlavaSpec(), copy.deepcopy(llava[0]).float())):
         inputs = spec.inputs(model, item)
         raw = spec.attention(model, item, inputs, "raw")
-        for method in ("rollout", "gradient_weighted", "attention_x_gradient"):
+        methods = ("rollout", "gradient_weighted", "attention_x_gradient")
+        for method in methods + (("input_x_gradient",) if spec.name == "clip" else ()):
             w = spec.attention(model, item, inputs, method)
             assert w.shape == raw.shape and bool(torch.isfinite(w).all()), (spec.name, method)
 
