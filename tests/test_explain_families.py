@@ -396,3 +396,20 @@ def test_instructblip_instruction_tokens_pass_through_the_cross_attention():
     assert gw.meta["profile"] == "blip2" and gw.weights.shape == (1, 3, 16)
     check(gw, ref.chefer_blip2(recs[0], [4, 5, 6], [0, 1, 2, 3]), 0, **DEC)
     check(ro, ref.rollout_blip2(recs[0], [4, 5, 6], [0, 1, 2, 3]), 0, **DEC)
+
+
+def test_uniform_image_attention_rolls_out_to_its_closed_form():
+    """Known answer: with the vision tower's query/key projections zeroed every attention row is uniform
+    (U = 1/N), so raw gives 1/N and rollout (0.5 U + 0.5 I)^L = 0.5^L I + (1 - 0.5^L) U gives the [CLS] row
+    (1 - 0.5^L) / N on every patch."""
+    model, inputs = dual("clip")
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+    n, L = 17, 2
+    raw = ex.explain(model, inputs, "raw")
+    ro = ex.explain(model, inputs, "rollout")
+    torch.testing.assert_close(raw.weights, torch.full((2, 1, 16), 1 / n, dtype=torch.float64))
+    torch.testing.assert_close(ro.weights, torch.full((2, 1, 16), (1 - 0.5 ** L) / n, dtype=torch.float64))
