@@ -6,7 +6,11 @@ Models (random weights from configs, float32, eval mode, one CPU thread by defau
 * VisualBERT (``VisualBertForQuestionAnswering``): 6 layers, hidden 128, 4 heads, 20 words +
   144 regions (joint sequence of 164 tokens);
 * LXMERT (``LxmertForQuestionAnswering``): 2 language + 2 visual + 2 cross-modality layers,
-  hidden 64, 4 heads, 20 words x 144 regions.
+  hidden 64, 4 heads, 20 words x 144 regions;
+* ViLT (``ViltForImageAndTextRetrieval``): 6 layers, hidden 128, 4 heads, 20 words + the image
+  ``[CLS]`` + 144 patches (a 384 x 384 image, 32-pixel patches: a 12 x 12 grid; joint sequence of
+  165 tokens), through the ``vilt`` profile (columns at the grid cells). Its reference reads each
+  patch's grid cell from ViLT's own ``patch_index`` (ViLT shuffles the kept patches).
 
 The straightforward versions (``tests/explain_reference.py``) run each example alone (batch of
 one, as the authors' code does), with Python loops over the layers (and over the words in the
@@ -80,6 +84,21 @@ def lxmert(batch: int):
     return model, inputs
 
 
+def vilt(batch: int):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.ViltConfig(vocab_size=1000, hidden_size=128, num_attention_heads=4, num_hidden_layers=6,
+                                  intermediate_size=256, image_size=384, patch_size=32, max_image_length=-1,
+                                  max_position_embeddings=64)
+    model = transformers.ViltForImageAndTextRetrieval(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(input_ids=torch.randint(0, 1000, (batch, WORDS), generator=g),
+                  pixel_values=torch.randn(batch, 3, 384, 384, generator=g),
+                  pixel_mask=torch.ones(batch, 384, 384, dtype=torch.long))
+    return model, inputs
+
+
 def top(output):
     logits = getattr(output, "logits", None)
     logits = output.question_answering_score if logits is None else logits
@@ -89,7 +108,28 @@ def top(output):
 def reference_fns(family: str, model, inputs):
     """Method -> straightforward implementation (per example, per layer, per word loops)."""
     text, image = list(range(WORDS)), list(range(WORDS, WORDS + REGIONS))
-    if family == "visualbert":
+    if family == "vilt":
+        patches = list(range(WORDS + 1, WORDS + 1 + REGIONS))  # after the image [CLS]
+
+        def per_example(grad=True):
+            return ref.vilt_attentions(model, inputs, top, grad=grad)
+
+        def raw():
+            return [ref.on_grid(layers[-1][0].mean(0)[text][:, patches], cells, REGIONS)
+                    for layers, cells in per_example(False)]
+
+        def rollout():
+            return [ref.on_grid(ref.rollout_single_stream(layers, text, patches), cells, REGIONS)
+                    for layers, cells in per_example(False)]
+
+        def gradient_weighted():
+            return [ref.on_grid(ref.chefer_single_stream(layers, text, patches), cells, REGIONS)
+                    for layers, cells in per_example()]
+
+        def attention_x_gradient():
+            return [ref.on_grid(ref.attention_x_gradient_block(layers[-1], text, patches), cells, REGIONS)
+                    for layers, cells in per_example()]
+    elif family == "visualbert":
         def raw():
             return [layers[-1][0].mean(0)[text][:, image] for layers in ref.joint_attentions(model, inputs, top, grad=False)]
 
@@ -191,6 +231,7 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=32)
     parser.add_argument("--sanity", action="store_true", help="also run the randomisation check on shipped models")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--models", default="visualbert,lxmert,vilt", help="comma-separated: visualbert,lxmert,vilt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.sanity:
@@ -200,8 +241,11 @@ def main() -> None:
     B = args.batch
     print(f"attnlens.explain benchmark: batch {B}, {WORDS} words x {REGIONS} regions, {args.threads} thread(s), "
           f"fastest of {args.repeats} after a warm-up; torch {torch.__version__}")
-    for family, build in (("visualbert", visualbert), ("lxmert", lxmert)):
-        model, inputs = build(B)
+    builders = {"visualbert": visualbert, "lxmert": lxmert, "vilt": vilt}
+    for family in args.models.split(","):
+        if family not in builders:
+            parser.error(f"--models: unknown model {family!r} (choose from {', '.join(builders)})")
+        model, inputs = builders[family](B)
         with torch.no_grad():
             forward = timed(lambda: model(**inputs), 3 * args.repeats) / B
         refs = reference_fns(family, model, inputs)
@@ -216,12 +260,19 @@ def main() -> None:
                 continue
             line = f"{method:<22}{ours * 1e3:>12.2f}"
             if method in refs:
+                if family == "vilt":  # check the figures are of the right numbers before timing them
+                    got = ex.explain(model, inputs, method, target=top).weights
+                    want = torch.stack(refs[method]()).to(got.dtype)
+                    err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+                    if err > 1e-3:
+                        raise SystemExit(f"vilt {method}: attnlens differs from the reference (relative {err:.1e})")
                 slow = timed(refs[method], max(1, args.repeats // 3)) / B
                 line += f"{slow * 1e3:>16.2f}{slow / ours:>10.1f}"
             else:
                 line += f"{'(captum)':>16}{'':>10}"
             print(line + f"{ours / forward:>11.1f}")
-    small_flow(args)
+    if "visualbert" in args.models.split(","):
+        small_flow(args)
 
 
 def small_flow(args) -> None:

@@ -276,3 +276,174 @@ def attention_flow_single_stream(layers, text, image):
         for y, r in enumerate(image):
             out[x, y] = nx.maximum_flow_value(g, (top, t), (0, r))
     return out
+
+
+# ----------------------------------------------------------------------------- ViLT, CLIP / SigLIP, LLaVA-style
+def eager_copy(model):
+    """A deep copy of a transformers model switched to eager attention (its own output_attentions)."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        cfg = getattr(m, "config", None)
+        if hasattr(cfg, "_attn_implementation_internal"):
+            cfg._attn_implementation_internal = "eager"
+    return ref
+
+
+def layer_attentions(model, inputs, target, attentions, grad=True):
+    """Per example (batch of one), the list of (A [H,N,N], grad) of ``attentions(output)`` (the model's own
+    output_attentions, e.g. ``lambda o: o.vision_model_output.attentions``)."""
+    out = []
+    B = inputs["input_ids"].shape[0]
+    for b in range(B):
+        one = {k: v[b:b + 1] if k != "pixel_values" or v.shape[0] == B else v for k, v in inputs.items()}
+        with torch.enable_grad():
+            for p in model.parameters():
+                p.requires_grad_(True)
+            o = model(**one, output_attentions=True)
+            atts = list(attentions(o))
+            gs = torch.autograd.grad(target(o).sum(), atts, allow_unused=True) if grad else [None] * len(atts)
+        out.append([(a[0].detach().double(), None if not grad else torch.zeros_like(a[0]).double() if g is None else
+                     g[0].detach().double()) for a, g in zip(atts, gs)])
+    return out
+
+
+def vilt_attentions(model, inputs, target, grad=True):
+    """Per example (batch of one): (layers [(A, grad)], grid cells of the sequence's patches in order).
+
+    ViLT shuffles its kept patches (``torch.multinomial`` in ``visual_embed``), so the cell of each
+    patch token is read from the ``patch_index`` that ``visual_embed`` returns (wrapped here for the
+    call, restored after); with one example and ``max_image_length=-1`` every valid patch is kept."""
+    emb = model.vilt.embeddings
+    bound, seen = emb.visual_embed, {}
+
+    def visual_embed(*a, **kw):
+        out = bound(*a, **kw)
+        patch_index, (h, w) = out[2]
+        seen["cells"] = [int(r) * int(w) + int(c) for r, c in patch_index[0].tolist()]
+        return out
+
+    out = []
+    B = inputs["input_ids"].shape[0]
+    emb.visual_embed = visual_embed
+    try:
+        for b in range(B):
+            layers = layer_attentions(model, {k: v[b:b + 1] for k, v in inputs.items()}, target,
+                                      lambda o: o.attentions, grad=grad)[0]
+            out.append((layers, seen["cells"]))
+    finally:
+        del emb.visual_embed
+    return out
+
+
+def on_grid(block, cells, n_cells):
+    """[Q, n] columns placed at their grid cells -> [Q, n_cells], other cells 0, by a loop."""
+    out = torch.zeros(block.shape[0], n_cells, dtype=block.dtype)
+    for j, c in enumerate(cells):
+        out[:, c] = block[:, j]
+    return out
+
+
+def attention_x_gradient_block(layer, text, image):
+    """mean_h (grad * A)^+ of one layer, text rows x image columns."""
+    a, g = layer
+    return avg_heads(a, g)[text][:, image]
+
+
+def blip2_records(model, inputs, target):
+    """Per example (batch of one): dict of per-layer (A [H,Q,K], grad) lists of a BLIP-2 model (eager):
+    ``vision``, ``qself``, ``qcross``, ``lm``, read by plain forward hooks on its attention modules
+    (``output[1]``; transformers' BLIP-2 returns only the language model's output_attentions)."""
+    kinds = {}
+    for path, m in model.named_modules():
+        if path.startswith("vision_model.") and path.endswith("self_attn"):
+            kinds[path] = "vision"
+        elif path.startswith("qformer.") and path.endswith("crossattention.attention"):
+            kinds[path] = "qcross"
+        elif path.startswith("qformer.") and path.endswith(".attention.attention"):
+            kinds[path] = "qself"
+        elif path.startswith("language_model.") and path.endswith("self_attn"):
+            kinds[path] = "lm"
+    out = []
+    for b in range(inputs["input_ids"].shape[0]):
+        one = {k: v[b:b + 1] for k, v in inputs.items()}
+        seen, handles = [], []
+        for path, kind in kinds.items():
+            handles.append(model.get_submodule(path).register_forward_hook(
+                lambda mod, a, o, _k=kind: seen.append((_k, o[1]))))
+        try:
+            with torch.enable_grad():
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                o = model(**one, output_attentions=True)
+                grads = torch.autograd.grad(target(o).sum(), [a for _, a in seen], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        rec = {"vision": [], "qself": [], "qcross": [], "lm": []}
+        for (kind, a), g in zip(seen, grads):
+            rec[kind].append((a[0].detach().double(), torch.zeros_like(a[0]).double() if g is None else
+                              g[0].detach().double()))
+        out.append(rec)
+    return out
+
+
+def chefer_blip2(rec, text, image_positions):
+    """Chefer et al.'s rules through BLIP-2 / InstructBLIP, one example: vision self-attention (R_ii), per Q-Former layer
+    self-attention then the bi-modal rule of its query -> image cross-attention (R_qq, R_qi), then the
+    language model's tokens at the image positions take their query token's R_qi row and the LM's
+    self-attention rule carries it on -> R_ji[text] without the vision [CLS] column."""
+    eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+    n_i = rec["vision"][0][0].shape[-1]
+    R_ii = eye(n_i)
+    for a, g in rec["vision"]:
+        R_ii = R_ii + avg_heads(a, g) @ R_ii
+    n_q = rec["qself"][0][0].shape[-1]
+    R_qq, R_qi, R_iq = eye(n_q), torch.zeros(n_q, n_i, dtype=torch.float64), torch.zeros(n_i, n_q, dtype=torch.float64)
+    for (a, g), (ca, cg) in zip(rec["qself"], rec["qcross"]):
+        cam = avg_heads(a, g)
+        R_qq, R_qi = R_qq + cam @ R_qq, R_qi + cam @ R_qi
+        cross = torch.zeros(n_q, n_i, dtype=torch.float64)  # InstructBLIP: the instruction tokens do not cross-attend
+        cross[:ca.shape[-2]] = avg_heads(ca, cg)
+        add_qi, add_qq = mm_rule(R_qq, R_ii, R_iq, cross)
+        R_qi, R_qq = R_qi + add_qi, R_qq + add_qq
+    n_j = rec["lm"][0][0].shape[-1]
+    R_ji = torch.zeros(n_j, n_i, dtype=torch.float64)
+    for j, p in enumerate(image_positions):
+        R_ji[p] = R_qi[j]
+    for a, g in rec["lm"]:
+        R_ji = R_ji + avg_heads(a, g) @ R_ji
+    return R_ji[text][:, 1:]
+
+
+def rollout_blip2(rec, text, image_positions):
+    """Rollout over the joint graph [image; query; LM tokens], one example: per stage the attending
+    stream's rows 0.5 I + 0.5 A (head mean, rows renormalised by a loop), other rows identity; the link
+    stage gives each LM image-token row the one-hot of its query token."""
+    n_i, n_q, n_j = rec["vision"][0][0].shape[-1], rec["qself"][0][0].shape[-1], rec["lm"][0][0].shape[-1]
+    n = n_i + n_q + n_j
+    spans = {"image": (0, n_i), "query": (n_i, n_i + n_q), "joint": (n_i + n_q, n)}
+    stages = [("image", "image", a) for a, _ in rec["vision"]]
+    for (a, _), (ca, _) in zip(rec["qself"], rec["qcross"]):
+        stages += [("query", "query", a), ("query", "image", ca)]
+    stages.append("link")
+    stages += [("joint", "joint", a) for a, _ in rec["lm"]]
+    R = torch.eye(n, dtype=torch.float64)
+    for st in stages:
+        M = torch.eye(n, dtype=torch.float64)
+        if st == "link":
+            for j, p in enumerate(image_positions):
+                M[n_i + n_q + p] = 0
+                M[n_i + n_q + p, n_i + j] = 1
+        else:
+            (r0, r1), (c0, c1) = spans[st[0]], spans[st[1]]
+            block = torch.zeros(r1 - r0, n, dtype=torch.float64)
+            block[:, r0:r1] = 0.5 * torch.eye(r1 - r0, dtype=torch.float64)
+            att = st[2].mean(0)
+            block[:att.shape[0], c0:c1] += 0.5 * att  # rows beyond (InstructBLIP's instruction tokens): identity
+            for i in range(block.shape[0]):
+                block[i] = block[i] / block[i].sum()
+            M[r0:r1] = block
+        R = M @ R
+    return R[[n_i + n_q + t for t in text]][:, 1:n_i]

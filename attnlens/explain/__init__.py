@@ -20,7 +20,7 @@ Methods (:func:`available`; add one with :func:`register`):
 """
 from __future__ import annotations
 
-from . import attribution, flow, profiles, raw as _raw, relevance, rollout as _rollout
+from . import attribution, families, flow, profiles, raw as _raw, relevance, rollout as _rollout
 from .profiles import Profile, profile_for, single_stream
 from .registry import Context, Result, available, explain, register
 
@@ -43,4 +43,4 @@ def __getattr__(name):
 
 
 __all__ = ["Context", "Profile", "Result", "available", "explain", "profile_for", "profiles", "register",
-           "single_stream", "attribution", "flow", "relevance"]
+           "single_stream", "attribution", "families", "flow", "relevance"]

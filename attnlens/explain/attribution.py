@@ -5,7 +5,9 @@ The image features are the ``[B, R, D]`` tensor the profile names (``features``)
 (``("input", key)``: LXMERT's ``visual_feats``, VisualBERT's ``visual_embeds``), a module's
 output (``("layer", path)``: a matching model's ``image_encoder``) or a module's positional
 argument (``("argument", "path@i")``: the key argument of a VQA model's ``attend``, i.e. the region
-features its attention reads); the module's output or argument is replaced by the attributed
+features its attention reads) or a module's feature-map output ``[B, D, h, w]`` read as ``h * w``
+tokens in row-major order (``("grid", path)``: ViLT's patch embedding, so the columns are the grid
+cells); the module's output or argument is replaced by the attributed
 tensor during each forward (the hook removed in ``finally``). Every other batch-first tensor input is passed
 to captum as an additional forward argument, so it is repeated along with the features (an
 input whose first axis has the batch size is taken to be batch-first).
@@ -127,13 +129,17 @@ def attributions(forward: Callable[..., torch.Tensor], inputs, method: str, *, a
 
 
 @contextmanager
-def _replaced_output(module: nn.Module, holder: dict):
-    """While active, ``module``'s output is ``holder["value"]`` when set (else recorded there)."""
+def _replaced_output(module: nn.Module, holder: dict, grid: bool = False):
+    """While active, ``module``'s output is ``holder["value"]`` when set (else recorded there).
+    ``grid``: the output is a feature map ``[B, D, h, w]`` and the value its tokens ``[B, h * w, D]``."""
     def hook(mod, args, output):
         if holder.get("value") is None:
             holder["seen"] = output
             return None
         value = holder["value"]
+        if grid and isinstance(output, torch.Tensor) and output.ndim == 4 and \
+                value.shape == (output.shape[0], output.shape[2] * output.shape[3], output.shape[1]):
+            return value.transpose(1, 2).reshape(output.shape)
         if not isinstance(output, torch.Tensor) or value.shape != output.shape:
             raise ShapeError(f"features {tuple(value.shape)} cannot replace the output "
                              f"{tuple(getattr(output, 'shape', ()))} of the feature module")
@@ -171,24 +177,26 @@ def _replaced_argument(module: nn.Module, index: int, holder: dict):
 
 
 def _replacing(model: nn.Module, kind: str, where: str, holder: dict):
-    if kind == "layer":
-        return _replaced_output(model.get_submodule(where), holder)
+    if kind in ("layer", "grid"):
+        return _replaced_output(model.get_submodule(where), holder, grid=kind == "grid")
     path, _, index = where.rpartition("@")
     return _replaced_argument(model.get_submodule(path), int(index), holder)
 
 
 def _feature_forward(ctx):
-    """``(forward(features, *batch_inputs), features [B, R, D], batch_inputs)`` for captum."""
+    """``(forward(features, *batch_inputs), features [B, R, D], batch_inputs, name, grid)`` for captum
+    (``grid``: ``(rows, cols)`` of ``("grid", path)`` features, else None)."""
     if ctx.profile.features is None:
         raise ExplainError(f"the {ctx.profile.name!r} profile names no image-feature tensor for captum attributions")
     kind, where = ctx.profile.features(ctx.model, ctx.inputs)
+    grid = None
     target = ctx.target or ctx.profile.target or default_target
     model, inputs = ctx.model, ctx.inputs
     if kind == "input":
         if where not in inputs or not isinstance(inputs[where], torch.Tensor):
             raise ExplainError(f"inputs have no feature tensor {where!r} (keys: {sorted(inputs)})")
         feats = inputs[where].detach()
-    elif kind in ("layer", "argument"):
+    elif kind in ("layer", "argument", "grid"):
         holder: dict = {}
         with torch.no_grad(), _replacing(model, kind, where, holder):
             model(**inputs)
@@ -196,8 +204,13 @@ def _feature_forward(ctx):
         if not isinstance(feats, torch.Tensor):
             raise ExplainError(f"{kind} {where!r} did not give a feature tensor during model(**inputs)")
         feats = feats.detach()
+        if kind == "grid":
+            if feats.ndim != 4:
+                raise ShapeError(f"grid features {where!r} must be a feature map [B, D, h, w], got {tuple(feats.shape)}")
+            grid = (int(feats.shape[2]), int(feats.shape[3]))
+            feats = feats.flatten(2).transpose(1, 2)  # [B, h * w, D]: one token per grid cell, row-major
     else:
-        raise UnknownNameError("feature kind", kind, ("input", "layer", "argument"))
+        raise UnknownNameError("feature kind", kind, ("input", "layer", "argument", "grid"))
     if feats.ndim != 3:
         raise ShapeError(f"image features {where!r} must be [B, R, D], got {tuple(feats.shape)}")
     batch = feats.shape[0]
@@ -214,20 +227,21 @@ def _feature_forward(ctx):
         scores = target(out)
         return scores.reshape(-1)
 
-    return forward, feats, tuple(inputs[k] for k in keys), f"{kind}:{where}"
+    return forward, feats, tuple(inputs[k] for k in keys), f"{kind}:{where}", grid
 
 
 def _attribute(ctx, name: str, **kw):
     from .registry import Result
 
-    forward, feats, extra, where = _feature_forward(ctx)
+    forward, feats, extra, where, grid = _feature_forward(ctx)
     (attr,) = attributions(forward, feats, name, additional_forward_args=extra, **kw)
     keep = ctx.profile.feature_keep
     meta = {"features": where, "rows": "one row: the output"}
     if keep is not None:
         attr = attr[:, keep]
         meta["feature_positions"] = f"[{keep.start}:{'' if keep.stop is None else keep.stop}]"
-    return Result(attr.to(feats.dtype)[:, None, :], meta, query_dim="output", key_dim=ctx.profile.key_dim)
+    return Result(attr.to(feats.dtype)[:, None, :], meta, query_dim="output", key_dim=ctx.profile.key_dim,
+                  grid=grid)
 
 
 def integrated_gradients(ctx, n_steps: int = 32, internal_batch_size: int | None = None):

@@ -64,9 +64,14 @@ def attention_flow(ctx, heads="mean", max_tokens: int = 64, scale: float = 1e6):
     mats, off = stage_matrices(trace, heads)
     stacked = torch.stack(mats, 1).detach().double().cpu().numpy()            # [B, S, N, N]
     (ts, tp), (is_, ip) = trace.layout.text, trace.layout.image
-    transposed = ts != is_ and not any(s.query == ts and s.key == is_ for s in trace.steps)
+    attn = [s for s in trace.steps if s.kind == "attention"]
+    transposed = ts != is_ and not any(s.query == ts and s.key == is_ for s in attn) and \
+        any(s.query == is_ and s.key == ts for s in attn)
     if transposed:  # the text never attends over the image: flow from the image tokens to the words
         ts, tp, is_, ip = is_, ip, ts, tp
+    if any(p is not None and p.ndim > 1 for p in (tp, ip)):
+        raise ExplainError("attention_flow needs the same text and image positions for every example of the batch; "
+                           "explain one example at a time")
     rows = off[ts] + (np.arange(trace.streams[ts]) if tp is None else tp.numpy())
     cols = off[is_] + (np.arange(trace.streams[is_]) if ip is None else ip.numpy())
     flows = np.stack([max_flows(stacked[b], rows, cols, scale) for b in range(trace.batch)])
@@ -75,4 +80,4 @@ def attention_flow(ctx, heads="mean", max_tokens: int = 64, scale: float = 1e6):
     if transposed:
         w = w.transpose(1, 2)
         meta["transposed"] = "flow from the image tokens to the words, transposed (the text never attends the image)"
-    return ctx.result(w, trace, **meta)
+    return ctx.result(trace.layout.place(w), trace, **meta)

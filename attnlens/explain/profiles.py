@@ -13,7 +13,10 @@ A :class:`Profile` tells the explainers, for one family of models,
   a module whose output ``[B, R, D]`` is the region features, or ``("argument", "path@i")``,
   a module's positional argument ``i``), ``feature_keep`` the positions of
   that tensor that are image tokens (e.g. ``slice(1, None)`` without BLIP's ``[CLS]``), and
-  ``key_dim`` the name of the image axis of attribution maps.
+  ``key_dim`` the name of the image axis of attribution maps;
+* optionally ``links(model, inputs, maps) -> [(stream, positions, source stream)]``: the tokens at
+  ``positions`` of ``stream`` are the first ``len(positions)`` tokens of ``source stream`` handed over (BLIP-2's Q-Former
+  outputs at the language model's image-token positions; a link step, :class:`~.trace.Step`).
 
 Built in (found by :func:`profile_for`):
 
@@ -36,6 +39,8 @@ Built in (found by :func:`profile_for`):
   self-attention, then the text-to-image cross-attention (its own stage). The image tokens of
   the map are the patches (the ``[CLS]`` image token is dropped), with the patch grid; the default
   target is the ITM head's "match" logit ``itm_score[:, 1]``.
+* ``vilt``, ``dual_encoder`` (CLIP / SigLIP), ``decoder`` (LLaVA-style), ``blip2`` -- in
+  :mod:`attnlens.explain.families`.
 * :func:`single_stream` -- any single-stream transformer: the user names the attention module
   paths and the text and image positions.
 
@@ -72,6 +77,7 @@ class Profile:
     description: str = ""
     key_dim: str = "region"
     feature_keep: slice | None = None
+    links: Callable[[nn.Module, Mapping, list], list] | None = None
 
 
 _PROFILES: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], Profile]]] = {}
@@ -88,8 +94,9 @@ def register(name: str, detect: Callable[[nn.Module], bool], build: Callable[[nn
 def available() -> list[str]:
     """Names of the registered profiles.
 
+    >>> import attnlens.explain  # registers the families of :mod:`attnlens.explain.families` too
     >>> available()
-    ['attnlens', 'blip', 'lxmert', 'visualbert']
+    ['attnlens', 'blip', 'blip2', 'decoder', 'dual_encoder', 'lxmert', 'vilt', 'visualbert']
     """
     return sorted(_PROFILES)
 

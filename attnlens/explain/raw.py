@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ExplainError, UnknownNameError
-from .trace import Step, Trace
+from .trace import Step, Trace, select
 
 HEADS = ("mean", "max", "min")
 
@@ -46,10 +46,11 @@ def fuse_heads(w: torch.Tensor, heads="mean") -> torch.Tensor:
 def candidates(trace: Trace) -> tuple[list[Step], bool]:
     """The steps from the text tokens to the image tokens (or back, then ``True``), in call order."""
     (ts, _), (is_, _) = trace.layout.text, trace.layout.image
-    forward = [s for s in trace.steps if s.query == ts and s.key == is_]
+    steps = [s for s in trace.steps if s.kind == "attention"]
+    forward = [s for s in steps if s.query == ts and s.key == is_]
     if forward:
         return forward, False
-    back = [s for s in trace.steps if s.query == is_ and s.key == ts]
+    back = [s for s in steps if s.query == is_ and s.key == ts]
     if back:
         return back, True
     raise ExplainError(f"no attention step from the text stream {ts!r} to the image stream {is_!r} "
@@ -66,14 +67,11 @@ def pick(trace: Trace, layer: int) -> tuple[Step, bool, int]:
 
 
 def text_image_block(trace: Trace, t: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """The ``[..., text, image]`` block of a step's ``[..., Q, K]`` tensor (layout positions)."""
+    """The ``[B, text, image]`` block of a step's ``[B, Q, K]`` tensor (layout positions, :meth:`Layout.place`)."""
     (_, tp), (_, ip) = trace.layout.text, trace.layout.image
     rows, cols = (ip, tp) if transposed else (tp, ip)
-    if rows is not None:
-        t = t.index_select(-2, rows.to(t.device))
-    if cols is not None:
-        t = t.index_select(-1, cols.to(t.device))
-    return t.transpose(-1, -2) if transposed else t
+    t = select(select(t, t.ndim - 2, rows), t.ndim - 1, cols)
+    return trace.layout.place(t.transpose(-1, -2) if transposed else t)
 
 
 def _meta(step: Step, index: int, n: int, transposed: bool, **extra) -> dict:

@@ -40,6 +40,7 @@ class Result:
     site: str = ""
     layer: int | None = None
     grid: tuple[int, int] | None = None
+    key_modality: str = "image"
 
 
 class Context:
@@ -60,7 +61,7 @@ class Context:
     def result(self, weights: torch.Tensor, trace: Trace, **meta) -> Result:
         """A :class:`Result` named after the trace's layout."""
         lay = trace.layout
-        return Result(weights, meta, lay.query_dim, lay.key_dim, grid=lay.grid)
+        return Result(weights, meta, lay.query_dim, lay.key_dim, grid=lay.grid, key_modality=lay.key_modality)
 
 
 _METHODS: dict[str, Callable[..., Result]] = {}
@@ -129,7 +130,7 @@ def explain(model: nn.Module, inputs: Mapping[str, Any], method: str, *, target:
     if isinstance(tokens, str):
         tokens = tokens.split()
     query = Side(res.query_dim, "text", tokens=tokens if res.query_dim != "output" else ("<output>",))
-    key = Side(res.key_dim, "image", regions=regions, grid=res.grid)
+    key = Side(res.key_dim, res.key_modality, regions=regions, grid=res.grid)
     meta = {"explainer": method, "options": dict(options), "profile": prof.name, **res.meta}
     return AttentionMap(weights, ("batch", res.query_dim, res.key_dim), None, query, key, None,
                         meta.get("direction"), res.layer, res.site, meta)

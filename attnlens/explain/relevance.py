@@ -13,6 +13,12 @@ the positive part of gradient x attention; one backward pass gives every layer's
   row divided by its sum. A row of ``R^{xx} - I`` that is still all zero (no self-attention has
   reached it yet) stays zero (the authors' code would divide 0 by 0), so ``Rhat = I`` there.
 
+* a **link** from stream ``q`` to stream ``s`` (BLIP-2: the Q-Former's query outputs become the
+  language model's image tokens, selection ``L[i, j] = 1`` when token ``i`` of ``s`` is token ``j`` of
+  ``q``): ``R^{st} += L R^{qt}`` for every stream ``t != s`` (the linked tokens carry the relevance
+  of the tokens they are, over the image and the queries, into the next stream's self-attention
+  rule; ``R^{ss}`` keeps its identity).
+
 Steps of one stage (LXMERT's two co-attention directions; its two self-attentions) read the
 same state and their additions are summed after. The word x region map is ``R^{text,image}``
 (for a single-stream model, the text-rows x image-columns block of ``R^{joint,joint}``): row
@@ -57,8 +63,14 @@ def relevance_matrices(trace, normalise: bool = True) -> dict[tuple[str, str], t
             add[key] = add[key] + value if key in add else value
 
         for step in stage:
-            abar = (step.grad * step.weights).clamp(min=0).mean(1)
             s, q = step.query, step.key
+            if step.kind == "link":  # token i of s is token j of q: it takes over j's relevance (eq. in docstring)
+                sel = step.weights[:, 0]
+                for t in names:
+                    if t != s:
+                        plus((s, t), torch.bmm(sel, R[(q, t)]))
+                continue
+            abar = (step.grad * step.weights).clamp(min=0).mean(1)
             if s == q:
                 for t in names:
                     plus((s, t), torch.bmm(abar, R[(s, t)]))

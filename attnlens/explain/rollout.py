@@ -12,7 +12,10 @@ cross-attention) sits in the key stream's columns, and identity rows for a strea
 attend (its tokens pass through unchanged). So LXMERT's language and visual self-attention roll
 out each stream on its own, and each co-attention layer mixes the streams (both directions at
 once); the feed-forward blocks and the residual's exact weights are ignored, as in the paper.
-For a single-stream model this is plain rollout over the joint sequence.
+For a single-stream model this is plain rollout over the joint sequence. A **link** (BLIP-2:
+the Q-Former's query outputs become the language model's image tokens) is a stage of its own
+whose linked rows are the one-hot row of the token they are (no residual term): the language
+model's image tokens then roll out through the Q-Former to the patches.
 """
 from __future__ import annotations
 
@@ -46,11 +49,23 @@ def stage_matrices(trace, heads="mean") -> tuple[list[torch.Tensor], dict[str, i
         attn = first.new_zeros(trace.batch, n, n)
         count: dict[str, int] = {}
         for step in stage:
+            if step.kind == "link":
+                continue
             a, b = off[step.query], off[step.key]
             q, k = step.weights.shape[-2:]
             attn[:, a:a + q, b:b + k] += fuse_heads(step.weights, heads)
             count[step.query] = count.get(step.query, 0) + 1
         m = eye.expand(trace.batch, n, n).clone()
+        links = [st for st in stage if st.kind == "link"]
+        for step in links:  # a linked token is the token it links to (its row: that token's one-hot)
+            a, b = off[step.query], off[step.key]
+            sel = step.weights[:, 0]
+            q, k = sel.shape[-2:]
+            linked = (sel.sum(-1, keepdim=True) > 0)
+            row = m[:, a:a + q].clone()
+            row[:, :, b:b + k] = torch.where(linked, sel, row[:, :, b:b + k])
+            row[:, :, a:a + q] = torch.where(linked, torch.zeros_like(row[:, :, a:a + q]), row[:, :, a:a + q])
+            m[:, a:a + q] = row
         for s, c in count.items():
             a, q = off[s], trace.streams[s]
             rows = 0.5 * eye[a:a + q] + 0.5 * attn[:, a:a + q] / c

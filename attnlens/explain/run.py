@@ -78,6 +78,23 @@ def _group_calls(maps: list[AttentionMap], grads: list[torch.Tensor | None]):
     return out_maps, out_grads
 
 
+def _link(dst: str, src: str, positions: torch.Tensor, w: torch.Tensor, streams: dict, stages: dict) -> Step:
+    """The link step: token ``positions[j]`` of stream ``dst`` is token ``j`` of stream ``src`` (the first
+    ``len(positions)`` tokens of ``src`` are handed over)."""
+    if src not in streams:
+        raise ExplainError(f"stream {dst!r} links to stream {src!r}, which no earlier attention map read")
+    b, n_dst, n_src = w.shape[0], w.shape[2], streams[src]
+    pos = positions.to(w.device).expand(b, -1) if positions.ndim == 1 else positions.to(w.device)
+    n = pos.shape[1]
+    if n > n_src or (n and int(pos.max()) >= n_dst):
+        raise ShapeError(f"stream {dst!r} ({n_dst} tokens): linked positions {pos.tolist()} for the first {n} of the "
+                         f"{n_src} tokens of stream {src!r}")
+    sel = w.new_zeros(b, 1, n_dst, n_src)
+    sel[torch.arange(b)[:, None], 0, pos, torch.arange(n)[None, :]] = 1
+    streams[dst] = n_dst
+    return Step(f"link:{src}->{dst}", stages.setdefault(("link", dst), len(stages)), dst, src, sel, None, None, "link")
+
+
 def run_trace(model: nn.Module, inputs: Mapping, profile: Profile, target: Callable | None = None, *,
               grad: bool = True) -> Trace:
     """One forward pass of ``model(**inputs)`` under capture, with gradients when ``grad``.
@@ -107,15 +124,21 @@ def run_trace(model: nn.Module, inputs: Mapping, profile: Profile, target: Calla
     if profile.group_calls:
         maps, grads = _group_calls(maps, grads)
     steps, stages, streams = [], {}, {}
+    links = {dst: (pos, src) for dst, pos, src in (profile.links(model, inputs, maps) if profile.links else [])}
     for m, g in zip(maps, grads):
         q, k, key = profile.classify(m)
         w = to_bhqk(m.weights.detach(), m.dims, m.site)
         gw = None if g is None else to_bhqk(g, m.dims, m.site)
+        if q in links and q not in streams:  # the stream starts from tokens of another: a link stage first
+            pos, src = links.pop(q)
+            steps.append(_link(q, src, pos, w, streams, stages))
         for stream, n in ((q, w.shape[2]), (k, w.shape[3])):
             if streams.setdefault(stream, n) != n:
                 raise ShapeError(f"stream {stream!r} has {streams[stream]} tokens at one site but {n} at {m.site!r}")
         stage = stages.setdefault(key, len(stages))
         steps.append(Step(m.site, stage, q, k, w, gw, m.layer))
+    if links:
+        raise ExplainError(f"profile {profile.name!r} links streams {sorted(links)} that no attention map reads")
     batch = {int(s.weights.shape[0]) for s in steps}
     if len(batch) != 1:
         raise ShapeError(f"attention maps disagree on the batch size: {sorted(batch)}")

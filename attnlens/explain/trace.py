@@ -41,6 +41,10 @@ class Step:
         weights: ``[B, H, Q, K]`` attention weights (detached).
         grad: ``[B, H, Q, K]`` gradient of the summed target with respect to the weights, or None.
         layer: the map's layer index (None when unknown).
+        kind: ``"attention"``, or ``"link"``: no attention call but the hand-over of tokens from one
+            stream to another (BLIP-2's Q-Former outputs become the language model's image tokens):
+            ``weights[b, 0, i, j] = 1`` when token ``i`` of the query stream *is* token ``j`` of the
+            key stream (its rows replace, they do not mix; see :mod:`.relevance`, :mod:`.rollout`).
     """
 
     site: str
@@ -50,6 +54,7 @@ class Step:
     weights: torch.Tensor
     grad: torch.Tensor | None = None
     layer: int | None = None
+    kind: str = "attention"
 
     @property
     def is_self(self) -> bool:
@@ -65,6 +70,8 @@ class Layout:
         image: ``(stream, positions)`` of the image tokens (regions or patches).
         query_dim / key_dim: axis names of the resulting map (``"word"``, ``"region"``/``"patch"``).
         grid: ``(rows, cols)`` of a patch image side, or None.
+        cells: grid cell of each image column (:meth:`place`); row_mean: average the rows into one.
+        key_modality: modality of the columns (``"image"``; ``"text"`` for a dual encoder's text tower).
     """
 
     text: tuple[str, torch.Tensor | None]
@@ -72,6 +79,24 @@ class Layout:
     query_dim: str = "word"
     key_dim: str = "region"
     grid: tuple[int, int] | None = None
+    cells: torch.Tensor | None = None
+    row_mean: bool = False
+    key_modality: str = "image"
+
+    def place(self, block: torch.Tensor) -> torch.Tensor:
+        """The ``[B, rows, image]`` block in the map's final form: each image column moved to its
+        grid cell when ``cells`` is set (``[B, n]`` or ``[n]`` cell index per image column, ``-1`` for
+        a column that is no cell; cells no column reaches stay 0), and the rows averaged into one
+        (``row_mean``: a dual encoder without ``[CLS]``)."""
+        if self.cells is not None:
+            b, q, _ = block.shape
+            n = self.grid[0] * self.grid[1]
+            cells = self.cells.to(block.device).expand(b, -1)
+            index = torch.where(cells >= 0, cells, torch.full_like(cells, n))[:, None, :].expand(b, q, -1)
+            block = block.new_zeros(b, q, n + 1).scatter(2, index, block)[..., :n]
+        if self.row_mean:
+            block = block.mean(1, keepdim=True)
+        return block
 
 
 @dataclass
@@ -109,17 +134,33 @@ class Trace:
                 m = matrix[:, a:a + self.streams[s], b:b + self.streams[q]]
             else:
                 m = matrix[(s, q)]
-            if rows is not None:
-                m = m.index_select(1, rows.to(m.device))
-            if cols is not None:
-                m = m.index_select(2, cols.to(m.device))
-            return m
+            return select(select(m, 1, rows), 2, cols)
 
-        transposed = ts != is_ and not any(st.query == ts and st.key == is_ for st in self.steps) and \
-            any(st.query == is_ and st.key == ts for st in self.steps)
+        attn = [st for st in self.steps if st.kind == "attention"]
+        transposed = ts != is_ and not any(st.query == ts and st.key == is_ for st in attn) and \
+            any(st.query == is_ and st.key == ts for st in attn)
         if transposed:
-            return take(is_, ts, ip, tp).transpose(1, 2), True
-        return take(ts, is_, tp, ip), False
+            return self.layout.place(take(is_, ts, ip, tp).transpose(1, 2)), True
+        return self.layout.place(take(ts, is_, tp, ip)), False
+
+
+def select(t: torch.Tensor, dim: int, positions: torch.Tensor | None) -> torch.Tensor:
+    """``t [B, ...]`` at ``positions`` along ``dim``: ``[n]`` shared by the batch, ``[B, n]`` per
+    example, or None (all).
+
+    >>> select(torch.arange(6).view(2, 3), 1, torch.tensor([[0, 2], [1, 2]])).tolist()
+    [[0, 2], [4, 5]]
+    """
+    if positions is None:
+        return t
+    positions = positions.to(t.device)
+    if positions.ndim == 1:
+        return t.index_select(dim, positions)
+    dim = dim % t.ndim
+    shape = [1] * t.ndim
+    shape[0], shape[dim] = positions.shape
+    index = positions.view(shape).expand(*[positions.shape[1] if d == dim else s for d, s in enumerate(t.shape)])
+    return t.gather(dim, index)
 
 
 def default_target(output) -> torch.Tensor:

@@ -6,7 +6,7 @@
 * ``lxmert``, ``visualbert`` -- :mod:`.regions`: transformers models on region features with boxes;
 * ``vilt``, ``blip`` -- :mod:`.pixels`: ViLT / BLIP image-text matching on pixels;
 * ``llava`` -- :class:`~.llava.LlavaSpec`: a LLaVA-style model answering a question / describing an image;
-* ``clip`` -- :class:`~.clip.ClipSpec`: CLIP / SigLIP similarity (the image tower's [CLS] row, raw or rollout);
+* ``clip`` -- :class:`~.clip.ClipSpec`: CLIP / SigLIP similarity (the image tower's [CLS] row, every explainer of its profile);
 * ``module`` -- :class:`attnlens.evaluate.spec.ModuleSpec`: a user's own module.
 """
 from __future__ import annotations

@@ -5,7 +5,9 @@ same for every word (as the captum methods' ``output`` row): ``raw`` is the imag
 ``[CLS]`` row over the patches at one layer (``layer``, default the last; heads fused by
 ``heads``), ``rollout`` the ``[CLS]`` row of Abnar & Zuidema's rollout over every layer of the
 image tower (``A_hat = 0.5 A + 0.5 I``, heads averaged, rows renormalised, multiplied from the
-first layer on). Both are read through :func:`attnlens.capture` (the dual-encoder adapter).
+first layer on). Both are read through :func:`attnlens.capture` (the dual-encoder adapter). The
+gradient methods run through :func:`attnlens.explain.explain` (profile ``dual_encoder``: the same
+row, relevance propagated within the image tower, target the pair's similarity).
 SigLIP has no ``[CLS]``: its row is the mean over the image tokens' rows. Output: the pair's
 similarity ``logits_per_image[0, 0]``. Inputs: the words as ids (a ``HashTokenizer`` for a
 model built from a config, or its tokenizer), the image resized to the tower's ``image_size``
@@ -47,7 +49,8 @@ class ClipSpec(PatchSpec):
     """CLIP / SigLIP image-text similarity (module docstring)."""
 
     name = "clip"
-    explainers = ("raw", "rollout")
+    explainers = ("raw", "rollout", "gradient_weighted", "attention_x_gradient", "input_x_gradient",
+                  "integrated_gradients")
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
     def _config(self, model):
@@ -77,6 +80,8 @@ class ClipSpec(PatchSpec):
 
     def attention(self, model, item, inputs: dict, method: str, **options) -> torch.Tensor:
         self.check_explainer(method)
+        if method not in ("raw", "rollout"):  # attnlens.explain, profile "dual_encoder": the same one row
+            return super().attention(model, item, inputs, method, **options)
         maps = self._vision_maps(model, inputs)
         n_patch = (self._size(model) // self._patch(model)) ** 2
         cls = 0 if maps[0].shape[-1] == n_patch + 1 else None

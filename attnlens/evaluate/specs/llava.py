@@ -13,7 +13,9 @@ likely the model finds the description of this image).
 
 The map: :func:`attnlens.capture` with the decoder adapter: one language-model layer (``layer``,
 default the last) of text rows x image-token columns, heads fused (``heads``); each word's row is
-the row at its position. Removal of patch cells: their pixels set to 0 / the image mean
+the row at its position; ``rollout``, ``gradient_weighted`` and ``attention_x_gradient`` through
+:func:`attnlens.explain.explain` (profile ``decoder``, the same rows and image columns, target the
+last position's top logit). Removal of patch cells: their pixels set to 0 / the image mean
 (``"mask"`` as ``"zero"``).
 
 A user with a checkpoint changes::
@@ -36,7 +38,7 @@ class LlavaSpec(PatchSpec):
     """A LLaVA-style model answering a question or describing an image (module docstring)."""
 
     name = "llava"
-    explainers = ("raw",)
+    explainers = ("raw", "rollout", "gradient_weighted", "attention_x_gradient")  # explain profile "decoder"
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
     def _config(self, model):
@@ -90,6 +92,8 @@ class LlavaSpec(PatchSpec):
 
     def attention(self, model, item, inputs: dict, method: str, **options) -> torch.Tensor:
         self.check_explainer(method)
+        if method != "raw":  # attnlens.explain, profile "decoder": the same non-image rows x image tokens
+            return super().attention(model, item, inputs, method, **options)
         m = self._map(model, inputs, int(options.get("layer", -1)))
         if m.weights.shape[-1] != self._n_image(model):
             raise ShapeError(f"the map has {m.weights.shape[-1]} image tokens, the patch grid {self._n_image(model)}")
@@ -106,5 +110,5 @@ class LlavaSpec(PatchSpec):
         prev = torch.tensor([p - 1 for p in span])
         return logp[:, prev, targets].mean(-1).cpu()
 
-    def target(self, output) -> torch.Tensor:  # the explainers' target: not used (raw only)
+    def target(self, output) -> torch.Tensor:  # the gradient explainers' target: the next token's top logit
         return output.logits[:, -1].max(-1).values.float()

@@ -9,7 +9,9 @@ mapped back to original pixels through exactly what the processor did.
 
 The map: :func:`attnlens.capture` with the ViLT adapter (text rows x the image's grid cells, each
 kept patch at its cell), one layer (``layer``, default the last), heads fused (``heads``:
-``mean`` / ``max`` / ``min`` / an index). Output: the ITM logit (``ViltForImageAndTextRetrieval``).
+``mean`` / ``max`` / ``min`` / an index); ``rollout``, ``gradient_weighted`` and
+``attention_x_gradient`` through :func:`attnlens.explain.explain` (profile ``vilt``, the same rows
+and grid cells). Output: the ITM logit (``ViltForImageAndTextRetrieval``).
 
 BLIP (``BlipForImageTextRetrieval``): the image is resized to ``config.vision_config.image_size``
 (BLIP's processor resizes to a square, so the transform is the same), normalised with CLIP's
@@ -138,7 +140,7 @@ class ViltSpec(PatchSpec):
     """ViLT image-text matching on pixels (module docstring)."""
 
     name = "vilt"
-    explainers = ("raw",)
+    explainers = ("raw", "rollout", "gradient_weighted", "attention_x_gradient")  # the explain profile "vilt"
 
     def inputs(self, model, item) -> dict:
         ids, _ = encode_words(self._tok(model), item.tokens, int(model.config.max_position_embeddings))
@@ -168,6 +170,8 @@ class ViltSpec(PatchSpec):
 
     def attention(self, model, item, inputs: dict, method: str, **options) -> torch.Tensor:
         self.check_explainer(method)
+        if method != "raw":  # through attnlens.explain (profile "vilt": text rows x grid cells)
+            return super().attention(model, item, inputs, method, **options)
         maps = self._maps(model, inputs)
         m = maps[int(options.get("layer", -1))]
         return _fuse(m.weights.detach().float()[0], options.get("heads", "mean"))  # [head, word, patch]
