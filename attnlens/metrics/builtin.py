@@ -105,7 +105,7 @@ for _name, _up in {**{f"{d}_{r}": True for d in ("i2t", "t2i") for r in ("r1", "
                    "rsum": True, "accuracy": True,
                    **{f"acc_{k}": True for k in ("color", "count", "exists", "shape", "size")},
                    **{f"{p}presence{s}": True for p in ("", "masked_", "shuffled_") for s in ("", "_color", "_shape")},
-                   "color_attention": True, "color_attention_uniform": True, "mse": True}.items():
+                   "color_attention": True, "color_attention_uniform": True, "mse": False}.items():
     register_metric(_name, category="task", higher_is_better=_up, inputs="task")
 
 del _mode, _order, _up, _source, _prefix, _stat, _name
