@@ -147,3 +147,22 @@ def test_registered_metric_flows_to_metrics_csv(toy_study):
     assert rows.loc["additive", "mean"] == pytest.approx(sel.value.mean())
     # the report shows it in the grounding table
     assert "peak_distance" in (out / "report.md").read_text()
+
+
+def test_grounding_baselines_score_registered_map_metrics():
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 3:9] = True
+    masks[1, 10:16, 0:4] = True
+    M.register_metric("toy_peak_distance", category="grounding", higher_is_better=False, inputs="pixel_map",
+                      pixels="max", fn=peak_distance_reference)
+    try:
+        base = M.grounding_baselines(masks, baselines=("uniform",))
+        assert set(base["uniform"]) == set(M.metric_names(category="grounding", inputs="pixel_map"))
+        # the uniform map's first maximum is pixel (0, 0): nearest mask pixels (2, 3) and (10, 0)
+        assert base["uniform"]["toy_peak_distance"].tolist() == [math.hypot(2, 3), 10.0]
+    finally:
+        M.unregister_metric("toy_peak_distance")
+    with pytest.raises(UnknownNameError):
+        M.grounding_baselines(masks, metrics=("top1_region_hit",))  # reads region weights, not a map
+    with pytest.raises(UnknownNameError, match="tolerence"):
+        M.grounding_baselines(masks, tolerence=3)
