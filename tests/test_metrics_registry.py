@@ -166,3 +166,14 @@ def test_grounding_baselines_score_registered_map_metrics():
         M.grounding_baselines(masks, metrics=("top1_region_hit",))  # reads region weights, not a map
     with pytest.raises(UnknownNameError, match="tolerence"):
         M.grounding_baselines(masks, tolerence=3)
+
+
+def test_analysis_takes_direction_and_category_from_the_registry():
+    from attnlens.study.analysis import summarize
+
+    rows = [{"task": "t", "alignment": a, "seed": 0, "example_id": f"e{i}", "target": -1, "metric": "sufficiency_aopc",
+             "value": v + 0.01 * i} for a, v in (("dot", 0.1), ("additive", 0.4)) for i in range(4)]
+    # the rows claim the wrong direction and no category: the registry wins
+    s = summarize(pd.DataFrame(rows).assign(higher_is_better=True), [], n_boot=100).set_index("alignment")
+    assert (s["higher_is_better"] == False).all() and (s["category"] == "faithfulness").all()  # noqa: E712
+    assert bool(s.loc["dot", "is_best"]) and s.loc["additive", "rank"] == 2.0

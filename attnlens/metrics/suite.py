@@ -1,4 +1,10 @@
-"""Run a chosen set of metrics over ``AnalysisExample``s and return a tidy table.
+"""Run a chosen set of registered metrics over ``AnalysisExample``s and return a tidy table.
+
+The metrics, their categories, directions, options and functions are the entries of
+:mod:`attnlens.metrics.registry`; the suite turns examples into each entry's input kind (pixel
+maps and masks, region weights, the scorer and the region order, the perturbation curves,
+attribution vectors) and calls the entry's function. A metric registered with
+:func:`~attnlens.metrics.registry.register_metric` is computed without a change here.
 
 :class:`MetricSuite` groups examples by *method* (the alignment function that produced the
 attention) and returns one row per example x method x metric with the columns

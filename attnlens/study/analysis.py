@@ -102,8 +102,14 @@ def _reasons(g: pd.DataFrame) -> str:
 
 
 def _prepare(long: pd.DataFrame) -> pd.DataFrame:
-    """Default ``category``/``subset``/``reason``/``seed`` columns; per-subset rows plus the overall ones."""
+    """Default ``category`` (the registry's, else ``"metric"``), ``subset``, ``reason`` and ``seed``
+    columns; per-subset rows plus the overall ones."""
+    from ..metrics.registry import get_metric, metric_names
+
     long = long.copy()
+    if "category" not in long.columns and "metric" in long.columns:
+        known = set(metric_names())
+        long["category"] = [get_metric(m).category if m in known else "metric" for m in long["metric"]]
     for col, default in (("category", "metric"), ("subset", "all"), ("reason", "")):
         if col not in long.columns:
             long[col] = default
