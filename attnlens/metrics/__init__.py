@@ -21,6 +21,7 @@ from .suite import MetricSuite, summary
 __all__ = sorted({*_functional_all, "BoxAccuracy", "Comprehensiveness", "DeletionAUC", "InsertionAUC", "MaskAUROC",
                   "Metric", "PointingGame", "RelevanceMassAccuracy", "RelevanceRankAccuracy", "Sufficiency",
                   "Top1RegionHit", "TopKIntersection", "MetricSuite", "summary", "FaithfulnessInput", "MetricEntry",
-                  "Option", "direction", "get_metric", "metric_names", "metrics", "register_metric", "unregister_metric",
+                  "Option", "direction", "get_metric", "metric_names", "metrics", "register_metric",
+                  "unregister_metric",
                   "bootstrap_ci", "compare_methods", "holm", "paired_bootstrap_ci", "wilcoxon", "stats",
                   "box_iou", "box_masks", "grid_to_pixels", "regions_to_pixels", "union_box", "union_mask"})

@@ -82,11 +82,13 @@ for (_mode, _order), _up in _AUC_UP.items():
 register_metric("deletion_gap", category="faithfulness", higher_is_better=True, inputs="curves",
                 curves=(("deletion", "random"), ("deletion", "morf")), options=(_STEPS, _BATCH),
                 description="deletion AUC of the random order minus that of MoRF",
-                fn=lambda curves, steps, batch_size: curves[("deletion", "random")].auc - curves[("deletion", "morf")].auc)
+                fn=lambda curves, steps, batch_size: (curves[("deletion", "random")].auc
+                                                      - curves[("deletion", "morf")].auc))
 register_metric("insertion_gap", category="faithfulness", higher_is_better=True, inputs="curves",
                 curves=(("insertion", "morf"), ("insertion", "random")), options=(_STEPS, _BATCH),
                 description="insertion AUC of MoRF minus that of the random order",
-                fn=lambda curves, steps, batch_size: curves[("insertion", "morf")].auc - curves[("insertion", "random")].auc)
+                fn=lambda curves, steps, batch_size: (curves[("insertion", "morf")].auc
+                                                      - curves[("insertion", "random")].auc))
 
 # ----------------------------------------------------------------------------- agreement
 #: Row-name prefix of each attribution source.

@@ -194,8 +194,9 @@ def register_metric(name: str, *, category: str, higher_is_better: bool, inputs:
     defaults and of the study's rows.
 
     >>> import torch
+    >>> peak = lambda maps, masks, gt: (maps.flatten(1).amax(1), torch.zeros(len(maps), dtype=torch.long))
     >>> e = register_metric("peak_mass", category="grounding", higher_is_better=True, inputs="pixel_map",
-    ...                     pixels="density", fn=lambda maps, masks, gt: (maps.flatten(1).amax(1), torch.zeros(len(maps))))
+    ...                     pixels="density", fn=peak)
     >>> register_metric("peak_mass", category="grounding", higher_is_better=True, inputs="task")
     Traceback (most recent call last):
     ...

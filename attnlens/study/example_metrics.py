@@ -152,7 +152,8 @@ def _attribution_source(ex, source, R: int, memo, score, valid, region_forward):
     if x.ndim != 3 or len(x) != 1 or x.shape[1] != R or tuple(src.valid.shape) != (R,):
         raise ShapeError(f"region_forward of {ex.example_id}: inputs must be [1, {R}, D] and valid [{R}] for its "
                          f"{R} regions, got {tuple(x.shape)} and {tuple(src.valid.shape)}")
-    attr = memo(("attribution", source), lambda: attributions(src.forward, x, source, n_steps=IG_STEPS)[0][0].cpu().numpy())
+    attr = memo(("attribution", source),
+                lambda: attributions(src.forward, x, source, n_steps=IG_STEPS)[0][0].cpu().numpy())
     return attr, src.valid.detach().cpu().numpy().astype(bool)
 
 
