@@ -50,6 +50,9 @@ def test_duplicate_refused_unless_overwrite_and_removed_again():
     (dict(category="task", inputs="task"), RegistryError),  # a task metric takes no function
     (dict(category="grounding", inputs="pixel_map", pixels="max", higher_is_better="yes"), DTypeError),
     (dict(category="grounding", inputs="pixel_map", pixels="max", options=(Option("k", 1, "int"),) * 2), RegistryError),
+    (dict(category="grounding", inputs="pixel_map", pixels="max", fn=5), DTypeError),
+    (dict(category="grounding", inputs="pixel_map", pixels="max", options=({"k": 1},)), DTypeError),
+    (dict(category="grounding", inputs="pixel_map", pixels="max", options=Option("k", 1, "int")), DTypeError),
 ])
 def test_bad_entries_are_typed_errors_and_not_registered(kwargs, error):
     kwargs = {"higher_is_better": True, "fn": lambda *a, **k: None, **kwargs}

@@ -161,6 +161,11 @@ def _check_entry(e: MetricEntry) -> None:
     if not isinstance(e.higher_is_better, bool):
         raise DTypeError(f"register_metric({e.name!r}): higher_is_better must be True or False, got "
                          f"{e.higher_is_better!r}")
+    if e.fn is not None and not callable(e.fn):
+        raise DTypeError(f"register_metric({e.name!r}): fn must be callable, got {type(e.fn).__name__}")
+    bad = [o for o in e.options if not isinstance(o, Option)]
+    if bad:
+        raise DTypeError(f"register_metric({e.name!r}): options must be Option(...) entries, got {bad[0]!r}")
     if (e.fn is None) != (e.inputs == "task"):
         raise RegistryError(f"register_metric({e.name!r}): inputs={e.inputs!r} "
                             + ("takes no fn (the task reports the value)" if e.inputs == "task" else "needs fn"))
@@ -204,8 +209,11 @@ def register_metric(name: str, *, category: str, higher_is_better: bool, inputs:
     >>> unregister_metric("peak_mass").name
     'peak_mass'
     """
-    entry = MetricEntry(name, category, higher_is_better, inputs, fn, tuple(options), pixels, tuple(map(tuple, curves)),
-                        source, description)
+    if isinstance(options, (Option, str)) or isinstance(curves, str):
+        raise DTypeError(f"register_metric({name!r}): options and curves must be sequences, got {options!r}, "
+                         f"{curves!r}")
+    entry = MetricEntry(name, category, higher_is_better, inputs, fn, tuple(options), pixels,
+                        tuple(tuple(c) for c in curves), source, str(description))
     _check_entry(entry)
     if name in _REGISTRY and not overwrite:
         raise RegistryError(f"metric {name!r} is already registered; pass overwrite=True to replace it")
