@@ -123,12 +123,16 @@ def toy_study(tmp_path_factory):
     M.register_metric("peak_distance", category="grounding", higher_is_better=False, inputs="pixel_map",
                       pixels="max", fn=peak_distance_reference,
                       description="pixels from the map's peak to the nearest mask pixel")
+    M.register_metric("loo_top1_match", category="agreement", higher_is_better=True, inputs="attribution",
+                      source="leave_one_out", fn=lambda a, b: float(int(a.argmax()) == int(b.argmax())),
+                      description="the most attended region is the one whose removal drops the output most")
     try:
         out = tmp_path_factory.mktemp("toy_study")
         yield run_study(out, preset="quick", tasks=["fake"], alignments=["dot", "additive"], checkpoints=None,
                         progress=False, n_boot=200, n_examples=6, gradient_agreement=(), gallery=1)
     finally:
         M.unregister_metric("peak_distance")
+        M.unregister_metric("loo_top1_match")
         task_base._TASKS.pop("fake", None)
 
 
@@ -149,6 +153,10 @@ def test_registered_metric_flows_to_metrics_csv(toy_study):
     assert rows.loc["additive", "mean"] == pytest.approx(sel.value.mean())
     # the report shows it in the grounding table
     assert "peak_distance" in (out / "report.md").read_text()
+    # an agreement metric of another input kind flows the same way (no baseline rows: not a map metric)
+    agree = metrics_csv[metrics_csv.metric == "loo_top1_match"].set_index("alignment")
+    assert set(agree.index) == {"dot", "additive"} and set(agree["category"]) == {"agreement"}
+    assert (agree["higher_is_better"] == True).all() and agree["n"].tolist() == [6, 6]  # noqa: E712
 
 
 def test_grounding_baselines_score_registered_map_metrics():
