@@ -236,7 +236,9 @@ def test_faithfulness_classes_match_functions():
     d.update(M.feature_scorer(forward, feats[:3]), att[:3])
     d.update(M.feature_scorer(forward, feats[3:]), att[3:])
     torch.testing.assert_close(d.values, M.deletion_curve(score, att, order="lerf", steps=5).auc)
-    assert d.higher_is_better is False and d.category == "faithfulness"
+    # the direction is the registry's deletion_auc_<order>: LeRF deletion should stay high, MoRF drop fast
+    assert d.higher_is_better is True and d.category == "faithfulness"
+    assert M.DeletionAUC().higher_is_better is False and M.DeletionAUC.higher_is_better is False
     c = M.Comprehensiveness()
     c.update(score, att)
     torch.testing.assert_close(c.values, M.eraser(score, att)["comprehensiveness_aopc"])

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_task import FakeTask  # noqa: E402
 
 from attnlens.errors import UnknownNameError  # noqa: E402
+from attnlens.metrics import MetricSuite, get_metric  # noqa: E402
 from attnlens.metrics.functional.agreement import attributions, rank_agreement  # noqa: E402
 from attnlens.study import example_metrics as EM  # noqa: E402
 from attnlens.study.config import study_config  # noqa: E402
@@ -29,10 +30,18 @@ MATCHING_TINY = dict(epochs=1, batch_size=8, lr=5e-3, n_train=8, n_test=4, embed
 VQA_TINY = dict(epochs=1, batch_size=8, n_train=8, n_test=4, dim=8, word_dim=4, channels=(4, 8), pool=(2, 2))
 
 
-class _Ex:
-    """The two fields of an example that the gradient rows read."""
+def _example(imp: torch.Tensor, valid: torch.Tensor):
+    """An AnalysisExample of one word whose attention row over the regions is ``imp`` (no targets)."""
+    from attnlens.attention_map import AttentionMap, Side
+    from attnlens.tasks.base import AnalysisExample
+    from attnlens.types import Regions
 
-    example_id, meta = "toy/0", {}
+    R = imp.shape[-1]
+    boxes = np.array([[i, 0, i + 1, 1] for i in range(R)], float)
+    amap = AttentionMap(imp.reshape(1, R), ("word", "region"), query=Side("word", "text", ("w",)),
+                        key=Side("region", "image"))
+    return AnalysisExample("toy/0", np.zeros((1, R, 3), np.uint8), Regions(boxes, (1, R)), ("w",), amap, (),
+                           valid.reshape(-1).numpy(), 0.0, {})
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -56,8 +65,15 @@ def test_linear_toy_known_attribution_and_perfect_agreement():
     rank = torch.argsort(torch.argsort(truth[:4])).double() + 1  # ranks of the valid regions' attributions
     for imp, expected in ((rank, 1.0), (-rank, -1.0)):
         imp = torch.cat([imp, torch.tensor([0.0], dtype=torch.float64)])[None]
-        rows = {r["metric"]: r for r in EM._gradient_rows(_Ex(), src, ("integrated_gradients", "input_x_gradient"),
-                                                           imp, valid)}
+        # the study's path: a suite with the registered agreement metrics of both sources, fed captum's
+        # attributions of the region_forward output (and its valid regions)
+        suite = MetricSuite((), (), GRADIENT_METRICS, baselines=(), progress=False)
+
+        def provide(source, i):
+            return attributions(src.forward, src.inputs, source, n_steps=EM.IG_STEPS)[0][i], src.valid
+
+        df = suite.run({"attention": [_example(imp[0], valid)]}, attributions={"attention": provide})
+        rows = {r["metric"]: dict(r, category=get_metric(r["metric"]).category) for r in df.to_dict("records")}
         assert sorted(rows) == sorted(GRADIENT_METRICS)
         for p in ("ig", "ixg"):
             assert rows[f"{p}_kendall_tau"]["value"] == pytest.approx(expected)

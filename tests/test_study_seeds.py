@@ -112,7 +112,11 @@ def test_flag_needs_a_seed_spread_not_a_large_gap():
 def test_flag_direction_free_for_lower_is_better():
     long = long_rows({("dot", 0): 0.2, ("dot", 1): 0.3, ("add", 0): 0.3, ("add", 1): 0.5,
                       ("gen", 0): 0.31, ("gen", 1): 0.5}, metric="loss")
-    s = summarize(long, [], n_boot=200)
+    # "loss" is not a registered metric: unranked without a direction, ranked by the rows' own one
+    unranked = summarize(long, [], n_boot=200)
+    assert unranked["rank"].isna().all() and not unranked["is_best"].any()
+    assert unranked["higher_is_better"].isna().all()
+    s = summarize(long.assign(higher_is_better=False), [], n_boot=200)
     assert bool(row(s, "dot", "loss")["is_best"])
     assert row(s, "add", "loss")["within_seed_noise"] is True
     assert row(s, "gen", "loss")["within_seed_noise"] is False

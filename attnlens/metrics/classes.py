@@ -20,6 +20,23 @@ from .functional import faithfulness as _f
 from .functional import grounding as _g
 from ..errors import UnknownNameError
 from .functional._common import NO_REGIONS, OK, REASONS, UNDEFINED
+from .registry import get_metric
+
+
+class _FromRegistry:
+    """A class attribute read from the metric's registry entry (``higher_is_better``, ``category``),
+    so the class and the suite cannot disagree. A curve class (``DeletionAUC``) reads the entry of
+    its ``order`` option (``deletion_auc_morf`` ...), MoRF at class level."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __get__(self, obj, owner):
+        name = owner.name
+        if getattr(owner, "mode", None) is not None and name in ("deletion_auc", "insertion_auc"):
+            order = (obj.options.get("order", "morf") if obj is not None else "morf")
+            name = f"{name}_{order}"
+        return getattr(get_metric(name), self.field)
 
 
 def summarise(values: torch.Tensor, codes: torch.Tensor) -> dict:
@@ -37,8 +54,9 @@ class Metric:
     """Base class: accumulates per-example values and reason codes over ``update`` calls."""
 
     name = "metric"
-    higher_is_better = True
-    category = "grounding"
+    #: read from the registry entry of ``name`` (:mod:`attnlens.metrics.registry`)
+    higher_is_better = _FromRegistry("higher_is_better")
+    category = _FromRegistry("category")
     #: option names the metric accepts (an unknown one is an error, not silently ignored)
     OPTIONS: tuple[str, ...] = ()
 
@@ -82,49 +100,49 @@ class Metric:
 
 
 class PointingGame(Metric):
-    name, category, OPTIONS = "pointing_game", "grounding", ("tolerance",)
+    name, OPTIONS = "pointing_game", ("tolerance",)
 
     def _update(self, maps, masks):
         return _g._pointing_game_update(maps, masks, self.options.get("tolerance", 15))
 
 
 class RelevanceMassAccuracy(Metric):
-    name, category, OPTIONS = "relevance_mass_accuracy", "grounding", ("negative",)
+    name, OPTIONS = "relevance_mass_accuracy", ("negative",)
 
     def _update(self, maps, masks):
         return _g._relevance_mass_accuracy_update(maps, masks, self.options.get("negative", "raise"))
 
 
 class RelevanceRankAccuracy(Metric):
-    name, category = "relevance_rank_accuracy", "grounding"
+    name = "relevance_rank_accuracy"
 
     def _update(self, maps, masks):
         return _g._relevance_rank_accuracy_update(maps, masks)
 
 
 class MaskAUROC(Metric):
-    name, category = "mask_auroc", "grounding"
+    name = "mask_auroc"
 
     def _update(self, maps, masks):
         return _g._mask_auroc_update(maps, masks)
 
 
 class TopKIntersection(Metric):
-    name, category, OPTIONS = "topk_intersection", "grounding", ("k",)
+    name, OPTIONS = "topk_intersection", ("k",)
 
     def _update(self, maps, masks):
         return _g._topk_intersection_update(maps, masks, self.options.get("k", 1000))
 
 
 class BoxAccuracy(Metric):
-    name, category, OPTIONS = "box_accuracy", "grounding", ("iou_threshold", "threshold", "method")
+    name, OPTIONS = "box_accuracy", ("iou_threshold", "threshold", "method")
 
     def _update(self, maps, gt_boxes):
         return _g._box_accuracy_update(maps, gt_boxes, **self.options)
 
 
 class Top1RegionHit(Metric):
-    name, category, OPTIONS = "top1_region_hit", "grounding", ("iou_threshold",)
+    name, OPTIONS = "top1_region_hit", ("iou_threshold",)
 
     def _update(self, weights, boxes, gt_boxes, valid=None):
         return _g._top1_region_hit_update(weights, boxes, gt_boxes, self.options.get("iou_threshold", 0.5), valid)
@@ -142,7 +160,6 @@ class _CurveAUC(Metric):
     """``update(score, importance [n, R], valid=None)``: ``index`` in the score calls counts the rows
     of *this* update's ``importance`` (0 .. n-1), so pass a scorer built for that batch."""
 
-    category = "faithfulness"
     mode = "deletion"
     OPTIONS = ("order", "steps", "batch_size", "seed", "progress")
 
@@ -157,17 +174,17 @@ class _CurveAUC(Metric):
 class DeletionAUC(_CurveAUC):
     """Deletion AUC; lower is better for MoRF order (a faithful map drops the output fast)."""
 
-    name, higher_is_better, mode = "deletion_auc", False, "deletion"
+    name, mode = "deletion_auc", "deletion"
 
 
 class InsertionAUC(_CurveAUC):
     """Insertion AUC; higher is better for MoRF order."""
 
-    name, higher_is_better, mode = "insertion_auc", True, "insertion"
+    name, mode = "insertion_auc", "insertion"
 
 
 class Comprehensiveness(Metric):
-    name, category, OPTIONS = "comprehensiveness_aopc", "faithfulness", ("fractions", "batch_size", "progress")
+    name, OPTIONS = "comprehensiveness_aopc", ("fractions", "batch_size", "progress")
 
     def _update(self, score, importance, valid=None):
         r = _f.eraser(score, importance, valid=valid, **self.options)
@@ -175,7 +192,7 @@ class Comprehensiveness(Metric):
 
 
 class Sufficiency(Metric):
-    name, higher_is_better, category = "sufficiency_aopc", False, "faithfulness"
+    name = "sufficiency_aopc"
     OPTIONS = ("fractions", "batch_size", "progress")
 
     def _update(self, score, importance, valid=None):

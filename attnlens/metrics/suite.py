@@ -1,4 +1,10 @@
-"""Run a chosen set of metrics over ``AnalysisExample``s and return a tidy table.
+"""Run a chosen set of registered metrics over ``AnalysisExample``s and return a tidy table.
+
+The metrics, their categories, directions, options and functions are the entries of
+:mod:`attnlens.metrics.registry`; the suite turns examples into each entry's input kind (pixel
+maps and masks, region weights, the scorer and the region order, the perturbation curves,
+attribution vectors) and calls the entry's function. A metric registered with
+:func:`~attnlens.metrics.registry.register_metric` is computed without a change here.
 
 :class:`MetricSuite` groups examples by *method* (the alignment function that produced the
 attention) and returns one row per example x method x metric with the columns
@@ -20,31 +26,23 @@ Faithfulness on an example uses ``scorers[method]`` (from ``Task.scorer(model, e
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DTypeError, ShapeError, UnknownNameError
-from ..params import int_param, real_param
 from ..geometry import regions_to_pixels, union_mask
 from .functional import faithfulness as F
-from .functional import grounding as G
 from .functional._common import NO_REGIONS, REASONS, UNDEFINED
 from .functional.baselines import BASELINES, baseline_maps
+from .registry import FaithfulnessInput, direction, get_metric, metric_names, metrics
 from .stats import bootstrap_ci, compare_methods
 
-GROUNDING = ("pointing_game", "top1_region_hit", "relevance_mass_accuracy", "relevance_rank_accuracy",
-             "mask_auroc", "box_accuracy", "topk_intersection")
-FAITHFULNESS = ("deletion_auc_morf", "deletion_auc_lerf", "deletion_auc_random", "insertion_auc_morf",
-                "insertion_auc_lerf", "insertion_auc_random", "comprehensiveness_aopc", "sufficiency_aopc",
-                "faithfulness_correlation")
-#: Direction of every metric the suite can produce.
-HIGHER_IS_BETTER = {**{m: True for m in GROUNDING}, "comprehensiveness_aopc": True, "sufficiency_aopc": False,
-                    "faithfulness_correlation": True, "deletion_auc_morf": False, "deletion_auc_lerf": True,
-                    "deletion_auc_random": False, "insertion_auc_morf": True, "insertion_auc_lerf": False,
-                    "insertion_auc_random": True}
 COLUMNS = ["example_id", "method", "metric", "value", "reason", "subset", "target", "phrase"]
+_GROUNDING_KINDS, _PHASE_A, _PHASE_B = ("pixel_map", "region_weights"), ("region_order",), ("curves",)
+_NON_FINITE_ATTRIBUTION = "undefined: non-finite attribution"
 
 
 def _method_of(ex) -> str:
@@ -61,77 +59,153 @@ def group_by_method(examples) -> dict[str, list]:
     return dict(out)
 
 
+def _select(names, category: str, kinds: tuple[str, ...] | None = None) -> tuple:
+    """Registered entries of ``names`` (None: every registered one of ``category``), checked."""
+    if names is None:
+        return tuple(e for e in metrics(category=category) if kinds is None or e.inputs in kinds)
+    if isinstance(names, str):
+        raise DTypeError(f"MetricSuite: {category} must be a list of names, got the string {names!r}")
+    valid = metric_names(category=category)
+    out = []
+    for m in names:
+        if m not in valid:
+            raise UnknownNameError(f"{category} metric", str(m), valid)
+        e = get_metric(m)
+        if kinds is not None and e.inputs not in kinds:
+            raise UnknownNameError(f"{category} metric the suite computes", str(m),
+                                   [n for n in valid if get_metric(n).inputs in kinds])
+        out.append(e)
+    return tuple(out)
+
+
+@dataclass
+class SuiteResult:
+    """:meth:`MetricSuite.score`'s output: the tidy rows and, per method, the perturbation curves
+    computed for the curve metrics (``{(mode, order): Curve}``)."""
+
+    rows: object
+    curves: dict = field(default_factory=dict)
+
+
 class MetricSuite:
-    """A chosen set of grounding and faithfulness metrics.
+    """A chosen set of registered metrics (:mod:`attnlens.metrics.registry`) over ``AnalysisExample``s.
 
     Args:
-        grounding: names among :data:`GROUNDING` (``()`` for none).
-        faithfulness: names among :data:`FAITHFULNESS` (need ``scorers`` in :meth:`run`).
-        tolerance: pointing-game tolerance in pixels.
+        grounding: names of registered grounding metrics (``None``: all of them, in registration
+            order; ``()`` for none).
+        faithfulness: names of registered faithfulness metrics (``None``: all; they need
+            ``scorers`` in :meth:`run`).
+        agreement: names of registered agreement metrics (default none; each needs the
+            attributions of its ``source``: ``leave_one_out`` is computed from the scorer, the
+            captum sources come from ``attributions`` in :meth:`score`).
         span: ``"head"`` (the head token's row) or ``"mean"`` (mean over the span's tokens).
-        k: top-k intersection size (capped at the number of pixels).
-        iou_threshold: for ``top1_region_hit`` and ``box_accuracy``.
         baselines: baseline maps scored alongside (names among ``uniform``, ``centre``, ``random``).
-        steps, batch_size, n_subsets, seed: faithfulness settings.
+        seed: seed of the random draws (random order, random subsets, random baseline map).
+        curves: ``(mode, order)`` pairs of perturbation curves to compute even when no selected
+            metric reads them (returned by :meth:`score`).
         progress: tqdm bars over the examples.
+        **options: metric options by name (``tolerance``, ``k``, ``iou_threshold``, ``steps``,
+            ``batch_size``, ``n_subsets``, ...): each selected metric that declares an option of
+            that name gets the value (checked by the option's type); the rest keep the registered
+            defaults. A name no registered metric declares is an error.
+
+    Row order: per method, its map-based grounding (per metric in the given order, per target)
+    and its scorer-based faithfulness (``region_order``); then the baselines (per baseline,
+    metric, target); then per method its curve-based faithfulness and its agreement.
     """
 
-    def __init__(self, grounding: Sequence[str] = GROUNDING, faithfulness: Sequence[str] = FAITHFULNESS, *,
-                 tolerance: float = 15, span: str = "head", k: int = 1000, iou_threshold: float = 0.5,
-                 baselines: Sequence[str] = BASELINES, steps: int = 20, batch_size: int = 256,
-                 n_subsets: int = 100, seed: int = 0, progress: bool = True):
-        for what, names in (("grounding", grounding), ("faithfulness", faithfulness), ("baselines", baselines)):
-            if isinstance(names, str):
-                raise DTypeError(f"MetricSuite: {what} must be a list of names, got the string {names!r}")
-        tolerance = real_param(tolerance, "tolerance", "MetricSuite", lo=0)
-        k = int_param(k, "k", "MetricSuite", lo=1)
-        iou_threshold = real_param(iou_threshold, "iou_threshold", "MetricSuite", lo=0, hi=1)
-        steps = int_param(steps, "steps", "MetricSuite", lo=1)
-        batch_size = int_param(batch_size, "batch_size", "MetricSuite", lo=1)
-        n_subsets = int_param(n_subsets, "n_subsets", "MetricSuite", lo=2)
-        seed = int_param(seed, "seed", "MetricSuite", lo=0)
-        for m in grounding:
-            if m not in GROUNDING:
-                raise UnknownNameError("grounding metric", m, GROUNDING)
-        for m in faithfulness:
-            if m not in FAITHFULNESS:
-                raise UnknownNameError("faithfulness metric", m, FAITHFULNESS)
+    def __init__(self, grounding: Sequence[str] | None = None, faithfulness: Sequence[str] | None = None,
+                 agreement: Sequence[str] = (), *, span: str = "head", baselines: Sequence[str] = BASELINES,
+                 seed: int = 0, curves: Sequence[tuple[str, str]] = (), progress: bool = True, **options):
+        from ..params import int_param
+
+        self.grounding = _select(grounding, "grounding", _GROUNDING_KINDS)
+        self.faithfulness = _select(faithfulness, "faithfulness", _PHASE_A + _PHASE_B)
+        self.agreement = _select(agreement, "agreement", ("attribution",))
+        if isinstance(baselines, str):
+            raise DTypeError(f"MetricSuite: baselines must be a list of names, got the string {baselines!r}")
         for b in baselines:
             if b not in BASELINES:
                 raise UnknownNameError("baseline", b, BASELINES)
         if span not in ("head", "mean"):
             raise UnknownNameError("span", span, ("head", "mean"))
-        self.grounding, self.faithfulness = tuple(grounding), tuple(faithfulness)
-        self.tolerance, self.span, self.k, self.iou_threshold = tolerance, span, k, iou_threshold
-        self.baselines, self.steps, self.batch_size = tuple(baselines), steps, batch_size
-        self.n_subsets, self.seed, self.progress = n_subsets, seed, progress
+        known = {o.name for e in metrics() for o in e.options}
+        for name in options:
+            if name not in known:
+                raise UnknownNameError("MetricSuite option", name, sorted(known))
+        selected = self.grounding + self.faithfulness + self.agreement
+        self.options = {e.name: e.resolve(options) for e in selected}
+        for name in options:  # a given option no selected metric reads is still checked
+            if not any(name in self.options[e.name] for e in selected):
+                next(o for e in metrics() for o in e.options if o.name == name).check(options[name], "MetricSuite")
+        for mode, order in curves:
+            if mode not in F.MODES or order not in F.ORDERS:
+                raise UnknownNameError("curve", f"{mode}/{order}", [f"{m}/{o}" for m in F.MODES for o in F.ORDERS])
+        self.curves = tuple(map(tuple, curves))
+        self.span, self.baselines = span, tuple(baselines)
+        self.seed, self.progress = int_param(seed, "seed", "MetricSuite", lo=0), progress
+        # one set of curves serves every curve metric: steps and batch size of the selected ones (they
+        # share the options given), else of the first registered curve metric
+        reader = next((e for e in self.faithfulness if e.inputs == "curves"), None) or next(
+            iter(metrics(inputs="curves")), None)
+        curve_opts = {} if reader is None else reader.resolve(options)
+        self.steps, self.batch_size = curve_opts.get("steps", 20), curve_opts.get("batch_size", 256)
 
     def __repr__(self) -> str:
-        return f"MetricSuite(grounding={self.grounding}, faithfulness={self.faithfulness})"
+        names = lambda es: tuple(e.name for e in es)  # noqa: E731
+        return (f"MetricSuite(grounding={names(self.grounding)}, faithfulness={names(self.faithfulness)}, "
+                f"agreement={names(self.agreement)})")
 
     # ------------------------------------------------------------------ public
-    def run(self, examples, scorers: Mapping[str, F.ScoreFn] | None = None, *, subset: str | None = None):
+    def run(self, examples, scorers: Mapping[str, F.ScoreFn] | None = None, *, subset: str | None = None,
+            attributions: Mapping[str, Callable] | None = None):
         """Score ``examples`` (``{method: [AnalysisExample]}`` or a flat list grouped by alignment).
 
         Returns:
             Tidy ``pandas.DataFrame`` with :data:`COLUMNS`.
         """
+        return self.score(examples, scorers, subset=subset, attributions=attributions).rows
+
+    def score(self, examples, scorers: Mapping[str, F.ScoreFn] | None = None, *, subset: str | None = None,
+              attributions: Mapping[str, Callable] | None = None) -> SuiteResult:
+        """:meth:`run` plus the perturbation curves of each method.
+
+        ``attributions[method](source, i)`` gives the attribution of example ``i`` of ``method`` for
+        an agreement source: an ``[R]`` array, an ``(array [R], valid [R])`` pair (regions outside
+        ``valid`` are left out, besides the example's padded ones), or a string (the reason every
+        row of that source is NaN). ``leave_one_out`` without a provider is computed from the scorer.
+        """
         import pandas as pd
 
         groups = group_by_method(examples)
-        rows: list[dict] = []
-        targets_seen: dict[tuple[str, int], tuple] = {}
-        for method, exs in groups.items():
-            if self.grounding:
-                rows += self._grounding(method, exs, subset, targets_seen)
-            if self.faithfulness:
+        needs_scorer = bool(self.faithfulness) or any(
+            e.source == "leave_one_out" and (attributions is None or m not in attributions)
+            for e in self.agreement for m in groups)
+        if needs_scorer:
+            for method in groups:
                 if scorers is None or method not in scorers:
                     raise ShapeError(f"MetricSuite.run: faithfulness metrics need scorers[{method!r}]; "
                                      f"got scorers for {sorted(scorers or {})}")
-                rows += self._faithfulness(method, exs, scorers[method], subset)
+        rows: list[dict] = []
+        targets_seen: dict[tuple[str, int], tuple] = {}
+        inputs, curves = {}, {}
+        for method, exs in groups.items():
+            if self.grounding:
+                rows += self._grounding(method, exs, subset, targets_seen)
+            if (self.faithfulness or self.agreement) and exs:
+                inputs[method] = self._faithfulness_input(method, exs, scorers[method] if scorers and method in
+                                                          scorers else None)
+                rows += self._region_order(method, exs, inputs[method], subset)
         if self.grounding and self.baselines and targets_seen:
             rows += self._baselines(targets_seen)
-        return pd.DataFrame(rows, columns=COLUMNS)
+        for method, exs in groups.items():
+            if method not in inputs:
+                continue
+            rows += self._curve_rows(method, exs, inputs[method], subset, curves)
+            if self.agreement:
+                provide = None if attributions is None else attributions.get(method)
+                rows += self._agreement(method, exs, inputs[method], subset, provide)
+        return SuiteResult(pd.DataFrame(rows, columns=COLUMNS), curves)
 
     @staticmethod
     def summary(df, **options):
@@ -173,6 +247,7 @@ class MetricSuite:
         by_shape = defaultdict(list)
         for it in items:
             by_shape[(it["size"], len(it["weights"]))].append(it)
+        modes = {e.pixels for e in self.grounding if e.inputs == "pixel_map"}
         for (size, _), its in by_shape.items():
             w = torch.stack([it["weights"] for it in its])
             v = torch.stack([it["valid"] for it in its])
@@ -180,35 +255,22 @@ class MetricSuite:
             no_regions = ~(torch.where(v, w, 0.0) > 0).any(1)
             gt = [it["gt"] for it in its]
             masks = torch.stack([union_mask(g, size) for g in gt])
-            need_max = {"pointing_game", "box_accuracy"} & set(self.grounding)
-            need_den = set(self.grounding) - need_max - {"top1_region_hit"}
-            mx = regions_to_pixels(w, b, size, mode="max", valid=v) if need_max else None
-            den = regions_to_pixels(w, b, size, mode="density", valid=v) if need_den else None
-            res = self._grounding_values(mx, den, masks, gt, w=w, b=b, v=v)
+            maps = {m: regions_to_pixels(w, b, size, mode=m, valid=v) for m in ("max", "density") if m in modes}
+            res = self._grounding_values(maps, masks, gt, w=w, b=b, v=v)
             for metric, (vals, codes) in res.items():
                 codes = torch.where(no_regions, NO_REGIONS, codes)
                 vals = torch.where(no_regions, torch.nan, vals)
                 rows += [self._row(it, method, metric, float(x), int(c)) for it, x, c in zip(its, vals, codes)]
         return rows
 
-    def _grounding_values(self, mx, den, masks, gt, w=None, b=None, v=None):
+    def _grounding_values(self, maps, masks, gt, w=None, b=None, v=None):
+        """``{metric: (values, codes)}``; ``maps`` by pixel mode; region-weight metrics need ``w``."""
         res = {}
-        for m in self.grounding:
-            if m == "pointing_game":
-                res[m] = G._pointing_game_update(mx, masks, self.tolerance)
-            elif m == "box_accuracy":
-                res[m] = G._box_accuracy_update(mx, gt, self.iou_threshold)
-            elif m == "top1_region_hit":
-                if w is not None:
-                    res[m] = G._top1_region_hit_update(w, b, gt, self.iou_threshold, v)
-            elif m == "relevance_mass_accuracy":
-                res[m] = G._relevance_mass_accuracy_update(den, masks, "clip")
-            elif m == "relevance_rank_accuracy":
-                res[m] = G._relevance_rank_accuracy_update(den, masks)
-            elif m == "mask_auroc":
-                res[m] = G._mask_auroc_update(den, masks)
-            elif m == "topk_intersection":
-                res[m] = G._topk_intersection_update(den, masks, min(self.k, den.shape[1] * den.shape[2]))
+        for e in self.grounding:
+            if e.inputs == "pixel_map":
+                res[e.name] = e.fn(maps[e.pixels], masks, gt, **self.options[e.name])
+            elif w is not None:
+                res[e.name] = e.fn(w, b, gt, v, **self.options[e.name])
         return res
 
     def _baselines(self, seen):
@@ -220,22 +282,20 @@ class MetricSuite:
             masks = torch.stack([union_mask(it["gt"], size) for it in its])
             gt = [it["gt"] for it in its]
             for name in self.baselines:
-                maps = baseline_maps(name, len(its), size[0], size[1], self.seed)
-                for metric, (vals, codes) in self._grounding_values(maps, maps, masks, gt).items():
+                m = baseline_maps(name, len(its), size[0], size[1], self.seed)
+                for metric, (vals, codes) in self._grounding_values({"max": m, "density": m}, masks, gt).items():
                     rows += [self._row(it, f"baseline:{name}", metric, float(x), int(c))
                              for it, x, c in zip(its, vals, codes)]
         return rows
 
     @staticmethod
-    def _row(it, method, metric, value, code):
-        reason = "" if np.isfinite(value) else (REASONS[code] or REASONS[UNDEFINED])
+    def _row(it, method, metric, value, code, reason: str = ""):
+        reason = "" if np.isfinite(value) else (reason or REASONS[code] or REASONS[UNDEFINED])
         return dict(example_id=it["example_id"], method=method, metric=metric, value=value, reason=reason,
                     subset=it["subset"], target=it["target"], phrase=it["phrase"])
 
-    # ------------------------------------------------------------------ faithfulness
-    def _faithfulness(self, method, exs, score, subset):
-        if not exs:
-            return []
+    # ------------------------------------------------------------------ faithfulness and agreement
+    def _faithfulness_input(self, method, exs, score) -> FaithfulnessInput:
         rs = {len(ex.region_valid) for ex in exs}
         if len(rs) != 1:
             raise ShapeError(f"MetricSuite: examples of method {method!r} have different region counts {sorted(rs)}; "
@@ -243,33 +303,75 @@ class MetricSuite:
         imp = torch.stack([ex.region_importance.detach().double().cpu() for ex in exs])
         valid = torch.stack([torch.tensor(np.array(ex.region_valid, dtype=bool)) for ex in exs])
         imp = torch.where(valid, imp, 0.0)
-        res: dict[str, torch.Tensor] = {}
-        curves = [m for m in self.faithfulness if m.startswith(("deletion", "insertion"))]
-        if curves:
-            modes = tuple(dict.fromkeys(m.split("_")[0] for m in curves))
-            orders = tuple(dict.fromkeys(m.rsplit("_", 1)[1] for m in curves))
-            cs = F.perturbation_curves(score, imp, valid=valid, modes=modes, orders=orders, steps=self.steps,
-                                       batch_size=self.batch_size, seed=self.seed, progress=self.progress)
-            for m in curves:
-                res[m] = cs[(m.split("_")[0], m.rsplit("_", 1)[1])].auc
-        if {"comprehensiveness_aopc", "sufficiency_aopc"} & set(self.faithfulness):
-            er = F.eraser(score, imp, valid=valid, batch_size=self.batch_size, progress=self.progress)
-            for m in ("comprehensiveness_aopc", "sufficiency_aopc"):
-                if m in self.faithfulness:
-                    res[m] = er[m]
-        if "faithfulness_correlation" in self.faithfulness:
-            res["faithfulness_correlation"] = F.faithfulness_correlation(
-                score, imp, valid=valid, n_subsets=self.n_subsets, seed=self.seed, batch_size=self.batch_size,
-                progress=self.progress)
-        nov = ~valid.any(1)
+        return FaithfulnessInput(score, imp, valid, self.seed, self.progress)
+
+    def _example_rows(self, exs, inp, method, metric, values, subset):
+        nov = ~inp.valid.any(1)
         rows = []
-        for m in self.faithfulness:
-            for i, ex in enumerate(exs):
-                x = float(res[m][i])
-                code = NO_REGIONS if bool(nov[i]) else UNDEFINED
-                it = dict(example_id=ex.example_id, target=-1, phrase="",
-                          subset=subset or ex.meta.get("subset", "all"))
-                rows.append(self._row(it, method, m, x, code))
+        for i, ex in enumerate(exs):
+            code = NO_REGIONS if bool(nov[i]) else UNDEFINED
+            it = dict(example_id=ex.example_id, target=-1, phrase="", subset=subset or ex.meta.get("subset", "all"))
+            rows.append(self._row(it, method, metric, float(values[i]), code))
+        return rows
+
+    def _region_order(self, method, exs, inp, subset):
+        return [r for e in self.faithfulness if e.inputs == "region_order"
+                for r in self._example_rows(exs, inp, method, e.name, e.fn(inp, **self.options[e.name]), subset)]
+
+    def _curve_rows(self, method, exs, inp, subset, out):
+        want = dict.fromkeys(self.curves)
+        for e in self.faithfulness:
+            if e.inputs == "curves":
+                want.update(dict.fromkeys(e.curves))
+        if not want:
+            return []
+        modes = tuple(m for m in F.MODES if any(k[0] == m for k in want))
+        orders = tuple(o for o in F.ORDERS if any(k[1] == o for k in want))
+        cs = F.perturbation_curves(inp.score, inp.importance, valid=inp.valid, modes=modes, orders=orders,
+                                   steps=self.steps, batch_size=self.batch_size, seed=inp.seed, progress=self.progress)
+        out[method] = cs
+        return [r for e in self.faithfulness if e.inputs == "curves"
+                for r in self._example_rows(exs, inp, method, e.name, e.fn(cs, **self.options[e.name]), subset)]
+
+    def _attribution(self, exs, inp, provide, source, i, cache):
+        if provide is not None:
+            got = provide(source, i)
+        elif source == "leave_one_out":
+            if "loo" not in cache:
+                cache["loo"] = F.leave_one_out(inp.score, inp.valid)
+            got = cache["loo"][i]
+        else:
+            got = f"undefined: no {source} attributions were given"
+        if isinstance(got, str):
+            return got
+        extra = None
+        if isinstance(got, tuple):
+            got, extra = got
+        a = torch.as_tensor(got).detach().double().cpu().numpy().reshape(-1)
+        v = inp.valid[i].numpy().copy()
+        if a.shape != v.shape:
+            raise ShapeError(f"{exs[i].example_id}: {source} attribution {a.shape} does not fit its {len(v)} regions")
+        if extra is not None:
+            v &= np.asarray(torch.as_tensor(extra).detach().cpu().numpy(), dtype=bool).reshape(-1)
+        return a, v
+
+    def _agreement(self, method, exs, inp, subset, provide):
+        rows, cache = [], {}
+        sources = list(dict.fromkeys(e.source for e in self.agreement))
+        for i, ex in enumerate(exs):
+            it = dict(example_id=ex.example_id, target=-1, phrase="", subset=subset or ex.meta.get("subset", "all"))
+            for source in sources:
+                got = self._attribution(exs, inp, provide, source, i, cache)
+                entries = [e for e in self.agreement if e.source == source]
+                if isinstance(got, str):
+                    rows += [self._row(it, method, e.name, float("nan"), UNDEFINED, got) for e in entries]
+                    continue
+                attr, v = got
+                imp = inp.importance[i].numpy()[v]
+                finite = bool(np.isfinite(attr[v]).all())
+                for e in entries:
+                    x = float(e.fn(imp, attr[v], **self.options[e.name])) if finite else float("nan")
+                    rows.append(self._row(it, method, e.name, x, UNDEFINED, "" if finite else _NON_FINITE_ATTRIBUTION))
         return rows
 
 
@@ -296,6 +398,6 @@ def summary(df, *, n_resamples: int = 10_000, confidence: float = 0.95, seed: in
         rows.append({**dict(zip(keys, key)), "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(ok.sum()),
                      "n_excluded": int((~ok).sum()),
                      "reasons": "; ".join(f"{r}: {c}" for r, c in sorted(reasons.items())),
-                     "higher_is_better": HIGHER_IS_BETTER.get(metric)})
+                     "higher_is_better": direction(metric)})
     return pd.DataFrame(rows, columns=keys + ["mean", "ci_low", "ci_high", "n", "n_excluded", "reasons",
                                               "higher_is_better"])

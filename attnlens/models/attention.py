@@ -112,6 +112,30 @@ class ProbeRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``ProbeRecord.meta`` key of :func:`feature_norm_deviation` of the features that entered the
+#: site's alignment function (set only while a hook listens to the site's probe, e.g. a capture).
+FEATURE_NORM_DEVIATION = "feature_norm_deviation"
+
+
+def feature_norm_deviation(*features) -> float | None:
+    """``max | ||x|| - 1 |`` over the rows (last axis = features) of the floating tensors among
+    ``features`` whose norm exceeds 1e-6 (all-zero padded rows are ignored); ``None`` without one.
+    It measures the unit-feature condition of :func:`attnlens.align.equivalent_groups`.
+
+    >>> feature_norm_deviation(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[0.6, 0.8]]))
+    4.0
+    """
+    out = None
+    for x in features:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= 1:
+            n = x.detach().float().norm(dim=-1).flatten()
+            n = n[n > 1e-6]
+            if n.numel():
+                d = float((n - 1).abs().max())
+                out = d if out is None else max(out, d)
+    return out
+
+
 class AttentionProbe(nn.Module):
     """Identity module through which attention sites pass their :class:`ProbeRecord`.
 
@@ -170,6 +194,20 @@ class CrossAttention(nn.Module):
         self.query_dim, self.key_dim = query_dim, key_dim
         self.query_modality, self.key_modality = query_modality, key_modality
         self.probe = AttentionProbe()
+
+    def observed(self) -> bool:
+        """True while a hook listens to this site's probe (a capture is active): the site then adds
+        what only it can see to the record's meta (:data:`FEATURE_NORM_DEVIATION`); without a
+        listener nothing is computed."""
+        return bool(self.probe._forward_hooks)
+
+    def feature_meta(self, *features) -> dict | None:
+        """``{FEATURE_NORM_DEVIATION: value}`` of the features entering the alignment function
+        while :meth:`observed`, else ``None`` (no cost without a capture)."""
+        if not self.observed():
+            return None
+        dev = feature_norm_deviation(*features)
+        return None if dev is None else {FEATURE_NORM_DEVIATION: dev}
 
     @property
     def alignment_name(self) -> str:
@@ -230,7 +268,8 @@ class CrossAttention(nn.Module):
         km = None if key_mask is None else key_mask[..., None, :]
         if isinstance(temperature, torch.Tensor) and temperature.ndim == scores.ndim - 1:
             temperature = temperature[..., None]
-        weights = self.weigh(scores, query_mask=qm, key_mask=km, temperature=temperature)
+        weights = self.weigh(scores, query_mask=qm, key_mask=km, temperature=temperature,
+                             meta=self.feature_meta(q, key))
         context = torch.matmul(weights, value)
         if self.normalize_context:
             context = l2norm(context, dim=-1)

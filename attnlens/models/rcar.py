@@ -207,7 +207,7 @@ class RCARSimilarity(nn.Module):
             query, qmask = V[:, None], (None if rmask is None else rmask[:, None])
             kmask = wmask[None, :, None, :]
         qm4 = None if qmask is None else qmask[..., None]
-        meta = {"image_offset": i0, "caption_offset": c0}
+        meta = {"image_offset": i0, "caption_offset": c0, **(self.attn.feature_meta(E, V) or {})}
 
         align = self.attn.alignment
         plain_dot = is_plain_dot(align)

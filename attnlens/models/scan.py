@@ -241,6 +241,8 @@ class ScanSimilarity(nn.Module):
         # Gram matrices of the attended side (one bmm per call, independent of the chunking)
         grams = torch.bmm(images, images.transpose(1, 2)) if t2i else torch.bmm(captions, captions.transpose(1, 2))
         qnorm = captions.norm(dim=-1) if t2i else images.norm(dim=-1)
+        # while captured: the norm deviation of the features entering the alignment function
+        extra = self.attn.feature_meta(captions, images) or {}
         ci, cc = self.chunks_for(ni_all, nc_all, R, L, images.element_size())
         blocks = [(a, b) for a in _spans(0, ni_all, ci) for b in _spans(0, nc_all, cc)]
         from tqdm.auto import tqdm
@@ -250,9 +252,9 @@ class ScanSimilarity(nn.Module):
             rmask = None if image_mask is None else image_mask[i0:i1]
             wmask = word_mask[c0:c1]
             if t2i:
-                s = self._relevance_t2i(scores, dot, grams[i0:i1], qnorm[c0:c1], wmask, rmask, i0, c0)
+                s = self._relevance_t2i(scores, dot, grams[i0:i1], qnorm[c0:c1], wmask, rmask, i0, c0, extra)
             else:
-                s = self._relevance_i2t(scores, dot, grams[c0:c1], qnorm[i0:i1], wmask, rmask, i0, c0)
+                s = self._relevance_i2t(scores, dot, grams[c0:c1], qnorm[i0:i1], wmask, rmask, i0, c0, extra)
             rows.append(((i0, c0), s))
         if torch.is_grad_enabled() and (images.requires_grad or captions.requires_grad
                                         or any(p.requires_grad for p in self.parameters())):
@@ -296,24 +298,24 @@ class ScanSimilarity(nn.Module):
                     dot[dst] = d_t[src]
         return scores, dot
 
-    def _relevance_t2i(self, scores, dot, grams, enorm, wmask, rmask, i0, c0):
+    def _relevance_t2i(self, scores, dot, grams, enorm, wmask, rmask, i0, c0, extra=None):
         ni, nc, L, R = scores.shape
         qm = None if bool(wmask.all()) else wmask[None, :, :, None]    # None = no padding here
         km = None if rmask is None or bool(rmask.all()) else rmask[:, None, None, :]
         a = self.attn.weigh(scores, query_mask=qm, key_mask=km, dims=self.dims,
-                            meta={"image_offset": i0, "caption_offset": c0})
+                            meta={"image_offset": i0, "caption_offset": c0, **(extra or {})})
         num = (a * dot).sum(-1)                                         # [ni, nc, L]
         ag = _gram_product_t2i(a, grams, c0)
         cn = (ag * a).sum(-1).clamp_min(_tiny(a)).sqrt()                # |c_w| (no inf grad at 0)
         rel = num / (enorm[None] * cn).clamp(min=EPS)
         return pool(rel, wmask[None], self.agg, self.lambda_lse)
 
-    def _relevance_i2t(self, scores, dot, grams, vnorm, wmask, rmask, i0, c0):
+    def _relevance_i2t(self, scores, dot, grams, vnorm, wmask, rmask, i0, c0, extra=None):
         ni, nc, R, L = scores.shape
         qm = None if rmask is None or bool(rmask.all()) else rmask[:, None, :, None]
         km = None if bool(wmask.all()) else wmask[None, :, None, :]
         a = self.attn.weigh(scores, query_mask=qm, key_mask=km, dims=self.dims,
-                            meta={"image_offset": i0, "caption_offset": c0})
+                            meta={"image_offset": i0, "caption_offset": c0, **(extra or {})})
         num = (a * dot).sum(-1)                                         # [ni, nc, R]
         g = grams[None].expand(ni, nc, L, L).reshape(ni * nc, L, L)
         ag = torch.bmm(a.reshape(ni * nc, R, L), g).reshape(ni, nc, R, L)

@@ -44,7 +44,7 @@ import pandas as pd
 from .. import align as _align
 
 __all__ = ["summarize", "seed_table", "seed_spread", "ranges_overlap", "task_rows", "equivalences", "unit_metrics",
-           "combine_units", "SUMMARY_COLUMNS", "SEED_COLUMNS", "SEED_TABLE_COLUMNS", "LOWER_IS_BETTER"]
+           "combine_units", "SUMMARY_COLUMNS", "SEED_COLUMNS", "SEED_TABLE_COLUMNS"]
 
 SUMMARY_COLUMNS = ["task", "alignment", "metric", "category", "subset", "mean", "ci_low", "ci_high", "n",
                    "n_excluded", "excluded_reasons", "higher_is_better", "rank", "is_best", "diff_vs_best",
@@ -56,16 +56,21 @@ SEED_COLUMNS = ["n_seeds", "seed_sd", "seed_min", "seed_max", "within_seed_noise
 #: Columns of :func:`seed_table` (``metrics_seeds.csv``): one row per task x alignment x metric x subset x seed.
 SEED_TABLE_COLUMNS = ["task", "alignment", "metric", "category", "subset", "seed", "mean", "n", "n_excluded"]
 
-#: Metric names (or name fragments) for which lower values are better, when the rows do not say.
-LOWER_IS_BETTER = ("deletion_auc_morf", "deletion_auc_random", "sufficiency", "loss", "error", "fid", "medr",
-                   "meanr", "median_rank", "mean_rank", "perplexity")
 PAIR_KEYS = ("example_id", "target", "seed")
 
 
-def _higher_is_better(metric: str, given=None) -> bool:
+def _higher_is_better(metric: str, given=None) -> bool | None:
+    """The metric's direction: its registry entry's (:func:`attnlens.metrics.registry.direction`),
+    else the rows' ``higher_is_better`` (rows written by another registry), else ``None``: an
+    unregistered metric is reported, not ranked."""
+    from ..metrics.registry import direction
+
+    up = direction(metric)
+    if up is not None:
+        return up
     if given is not None and not (isinstance(given, float) and np.isnan(given)):
         return bool(given) if not isinstance(given, str) else given.lower() == "true"
-    return not any(s in metric for s in LOWER_IS_BETTER)
+    return None
 
 
 def equivalences(alignments: Sequence[str], norm: str, unit_features: bool = True) -> dict[str, str]:
@@ -97,8 +102,14 @@ def _reasons(g: pd.DataFrame) -> str:
 
 
 def _prepare(long: pd.DataFrame) -> pd.DataFrame:
-    """Default ``category``/``subset``/``reason``/``seed`` columns; per-subset rows plus the overall ones."""
+    """Default ``category`` (the registry's, else ``"metric"``), ``subset``, ``reason`` and ``seed``
+    columns; per-subset rows plus the overall ones."""
+    from ..metrics.registry import get_metric, metric_names
+
     long = long.copy()
+    if "category" not in long.columns and "metric" in long.columns:
+        known = set(metric_names())
+        long["category"] = [get_metric(m).category if m in known else "metric" for m in long["metric"]]
     for col, default in (("category", "metric"), ("subset", "all"), ("reason", "")):
         if col not in long.columns:
             long[col] = default
@@ -230,7 +241,7 @@ def summarize(long: pd.DataFrame, records: Sequence[Mapping[str, Any]], *, equiv
                        "seeds": ",".join(str(s) for s in sorted(ga["seed"].unique())) if has_seed else "",
                        **spread(task, metric, subset, a)}
         g_att = g[~g["alignment"].astype(str).str.startswith("baseline:")]
-        _rank_and_test(rows, g_att, keys, up, eq, alpha, n_boot, seed, ranked=True)
+        _rank_and_test(rows, g_att, keys, up, eq, alpha, n_boot, seed, ranked=up is not None)
         _rank_and_test(base_rows, None, [], up, {}, alpha, n_boot, seed, None, ranked=False)
         out.extend(rows.values())
         out.extend(base_rows.values())
@@ -247,7 +258,7 @@ def summarize(long: pd.DataFrame, records: Sequence[Mapping[str, Any]], *, equiv
                        "equivalent_group": equivalent.get(task, {}).get(a, ""),
                        "seeds": ",".join(str(s) for s in sorted(ga["seed"].unique())),
                        **spread(task, metric, "all", a)}
-        _rank_and_test(rows, None, [], up, equivalent.get(task, {}), alpha, n_boot, seed, None, ranked=True)
+        _rank_and_test(rows, None, [], up, equivalent.get(task, {}), alpha, n_boot, seed, None, ranked=up is not None)
         out.extend(rows.values())
     df = pd.DataFrame(out)
     for c in SUMMARY_COLUMNS:

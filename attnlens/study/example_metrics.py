@@ -12,6 +12,12 @@ rows, bit for bit, as one pass over all its examples:
 * :func:`example_scorer` builds the task's scorer on each example alone (a scorer built over many
   examples encodes their images in one batch, with the same caveat).
 
+The metrics are the registered ones (:mod:`attnlens.metrics.registry`), computed by one
+:class:`~attnlens.metrics.MetricSuite` per example (:func:`study_suite`): every grounding and
+faithfulness metric, and the agreement metrics of the sources the settings ask for. A metric
+registered with :func:`~attnlens.metrics.registry.register_metric` reaches the rows (and
+``metrics.csv``) with its category and direction, without a change here.
+
 Agreement of the attention (``region_importance``) with each example's attributions, over its
 valid regions (Kendall tau-b, Spearman, top-3 overlap): ``loo_*`` with the leave-one-out
 importance (the scorer's output drop when one region is removed), and per method of
@@ -22,10 +28,11 @@ function of the region features), summed over the feature dimension
 (:func:`attnlens.metrics.functional.agreement.attributions`). A task without ``region_forward``
 gets NaN rows with the reason.
 
-Row order: example by example, in the examples' order; within an example: grounding (per
-metric, per target), ERASER and the faithfulness correlation, the baselines (per baseline,
-metric, target), the curves' AUCs, the gaps, the leave-one-out agreement, the gradient agreement
-(per method). The curves are kept per example (:func:`metric_rows`) and averaged by
+Row order: example by example, in the examples' order; within an example the suite's order:
+grounding (per metric, per target), the scorer-based faithfulness (ERASER, the faithfulness
+correlation), the baselines (per baseline, metric, target), the curve-based faithfulness (the
+curves' AUCs, the gaps), the leave-one-out agreement, the gradient agreement (per method); within
+each group, registration order. The curves are kept per example (:func:`metric_rows`) and averaged by
 :func:`mean_curves`, so that shards are averaged after they are merged.
 """
 from __future__ import annotations
@@ -40,21 +47,18 @@ import torch
 from ..errors import ShapeError
 
 __all__ = ["example_seed", "example_scorer", "metric_rows", "mean_curves", "CURVE_MODES", "CURVE_ORDERS",
-           "CURVE_COLUMNS", "EXAMPLE_CURVE_COLUMNS", "GRADIENT_PREFIX", "IG_STEPS"]
+           "CURVE_COLUMNS", "EXAMPLE_CURVE_COLUMNS", "IG_STEPS",
+           "study_suite"]
 
 CURVE_MODES, CURVE_ORDERS = ("deletion", "insertion"), ("morf", "lerf", "random")
 #: Columns of the mean curves (``curves.csv``).
 CURVE_COLUMNS = ["curve", "order", "fraction", "value"]
 #: Columns of the per-example curves returned by :func:`metric_rows`.
 EXAMPLE_CURVE_COLUMNS = ["example_id", "curve", "order", "fraction", "value"]
-_GAPS = {"deletion_gap": ("deletion", "random", "morf"), "insertion_gap": ("insertion", "morf", "random")}
-#: Row-name prefix of each attribution method of ``StudyConfig.gradient_agreement``.
-GRADIENT_PREFIX = {"integrated_gradients": "ig", "input_x_gradient": "ixg", "feature_ablation": "ablation"}
 #: Integrated-gradients steps (captum's Gauss-Legendre quadrature, the whole path in one batch).
 #: On the demo VQA models 64 steps rank the regions as 256 do (mean Kendall tau 0.996-1.0 over 24
 #: examples; 32 steps: 0.993-0.997) at ~5 ms per example on one CPU thread.
 IG_STEPS = 64
-_AGREEMENT, _TOP_K = ("kendall_tau", "spearman", "topk_overlap"), 3
 _NOT_EXAMPLE_SCORER = "undefined: the scorer is not an example_scorer (no task and model to differentiate)"
 _NO_REGION_FORWARD = "undefined: the task has no region_forward (no differentiable output of its region features)"
 
@@ -131,42 +135,41 @@ def example_scorer(task, model, examples: Sequence, *, removal: str = "mask"):
     return _ExampleScorer(task, model, examples, removal)
 
 
-def _row(ex, metric: str, value: float, category: str, reason: str = "") -> dict:
-    value = float(value)
-    reason = "" if np.isfinite(value) else (reason or "undefined (constant input or too few elements)")
-    return {"example_id": ex.example_id, "method": "attention", "metric": metric, "value": value,
-            "reason": reason, "subset": ex.meta.get("subset", "all"), "target": -1, "phrase": "",
-            "category": category}
+def _attribution_source(ex, source, R: int, memo, score, valid, region_forward):
+    """``attributions`` provider of :class:`~attnlens.metrics.MetricSuite` for one example:
+    leave-one-out from the scorer, captum methods of the task's ``region_forward`` (memoised by
+    ``memo`` between the maps of the example, :meth:`_ExampleScorer.memo`)."""
+    from ..metrics.functional import faithfulness as F
+    from ..metrics.functional.agreement import attributions
 
-
-def _gradient_rows(ex, source, methods: Sequence[str], imp: torch.Tensor, valid: torch.Tensor,
-                   memo=None) -> list[dict]:
-    """Agreement rows of ``imp [1, R]`` with each method's attributions of ``source`` (a
-    ``RegionForward``, or a str: the reason every row is NaN), over the ``valid [1, R]`` regions
-    (``memo(key, compute)`` shares the attributions between maps of the same example)."""
-    from ..metrics.functional.agreement import attributions, rank_agreement
-
-    if isinstance(source, str):
-        return [_row(ex, f"{GRADIENT_PREFIX[m]}_{k}", float("nan"), "agreement", source)
-                for m in methods for k in _AGREEMENT]
-    x = source.inputs
-    R = valid.shape[-1]
-    if x.ndim != 3 or len(x) != 1 or x.shape[1] != R or tuple(source.valid.shape) != (R,):
+    memo = memo or (lambda key, compute: compute())
+    if source == "leave_one_out":
+        return memo(("loo",), lambda: F.leave_one_out(score, valid))[0]
+    src = _NOT_EXAMPLE_SCORER if region_forward is None else region_forward()
+    if isinstance(src, str):
+        return src
+    x = src.inputs
+    if x.ndim != 3 or len(x) != 1 or x.shape[1] != R or tuple(src.valid.shape) != (R,):
         raise ShapeError(f"region_forward of {ex.example_id}: inputs must be [1, {R}, D] and valid [{R}] for its "
-                         f"{R} regions, got {tuple(x.shape)} and {tuple(source.valid.shape)}")
-    v = valid[0].numpy() & source.valid.detach().cpu().numpy().astype(bool)
-    rows = []
-    for m in methods:
-        def compute(_m=m):
-            return attributions(source.forward, x, _m, n_steps=IG_STEPS)[0][0].cpu().numpy()
+                         f"{R} regions, got {tuple(x.shape)} and {tuple(src.valid.shape)}")
+    attr = memo(("attribution", source),
+                lambda: attributions(src.forward, x, source, n_steps=IG_STEPS)[0][0].cpu().numpy())
+    return attr, src.valid.detach().cpu().numpy().astype(bool)
 
-        attr = (compute() if memo is None else memo(("attribution", m), compute))[v]
-        if np.isfinite(attr).all():
-            vals, reason = rank_agreement(imp[0].numpy()[v], attr, k=_TOP_K), ""
-        else:
-            vals, reason = dict.fromkeys(_AGREEMENT, float("nan")), "undefined: non-finite attribution"
-        rows += [_row(ex, f"{GRADIENT_PREFIX[m]}_{k}", vals[k], "agreement", reason) for k in _AGREEMENT]
-    return rows
+
+def study_suite(cfg, seed: int, baselines: bool):
+    """The :class:`~attnlens.metrics.MetricSuite` of one example: every registered grounding and
+    faithfulness metric, and the agreement metrics of the sources ``cfg`` asks for
+    (``leave_one_out`` when ``cfg.agreement``, then each of ``cfg.gradient_agreement``)."""
+    from ..metrics import MetricSuite
+    from ..metrics.functional.baselines import BASELINES
+    from ..metrics.registry import metrics
+
+    sources = (("leave_one_out",) if cfg.agreement else ()) + tuple(getattr(cfg, "gradient_agreement", ()))
+    agreement = [e.name for s in dict.fromkeys(sources) for e in metrics(category="agreement", source=s)]
+    return MetricSuite(None, None, agreement, steps=cfg.steps, n_subsets=cfg.n_subsets, progress=False,
+                       baselines=BASELINES if baselines else (), seed=seed,
+                       curves=[(m, o) for o in CURVE_ORDERS for m in CURVE_MODES])
 
 
 def _one_example(ex, score, cfg, baselines: bool, seed: int, region_forward=None, memo=None
@@ -174,43 +177,24 @@ def _one_example(ex, score, cfg, baselines: bool, seed: int, region_forward=None
     """Rows and per-example curve points of one example (``score`` sees index 0 only;
     ``region_forward()`` gives its ``RegionForward`` or the reason it has none; ``memo(key,
     compute)`` keeps what does not depend on the map, see :meth:`_ExampleScorer.memo`)."""
-    from ..metrics import MetricSuite
-    from ..metrics.functional import faithfulness as F
-    from ..metrics.functional.agreement import rank_agreement
-    from ..metrics.functional.baselines import BASELINES
-    from ..metrics.suite import GROUNDING
+    from ..metrics.registry import get_metric
 
-    s = example_seed(seed, ex.example_id)
-    suite = MetricSuite(GROUNDING, ("comprehensiveness_aopc", "sufficiency_aopc", "faithfulness_correlation"),
-                        steps=cfg.steps, n_subsets=cfg.n_subsets, progress=False,
-                        baselines=BASELINES if baselines else (), seed=s)
-    df = suite.run({"attention": [ex]}, {"attention": score})
-    df["category"] = np.where(df["method"].str.startswith("baseline:"), "baseline",
-                              np.where(df["metric"].isin(GROUNDING), "grounding", "faithfulness"))
+    suite = study_suite(cfg, example_seed(seed, ex.example_id), baselines)
     valid = torch.as_tensor(np.asarray(ex.region_valid, dtype=bool))[None]
-    imp = torch.where(valid, ex.region_importance.detach().double().cpu()[None], 0.0)
-    curves = F.perturbation_curves(score, imp, valid=valid, modes=CURVE_MODES, orders=CURVE_ORDERS,
-                                   steps=cfg.steps, seed=s, progress=False)
-    extra, points = [], []
-    for (mode, order), c in curves.items():
-        extra.append(_row(ex, f"{mode}_auc_{order}", float(c.auc[0]), "faithfulness"))
+    R = valid.shape[-1]
+
+    def provide(source, i):
+        return _attribution_source(ex, source, R, memo, score, valid, region_forward)
+
+    res = suite.score({"attention": [ex]}, {"attention": score}, attributions={"attention": provide})
+    df = res.rows
+    category = {m: get_metric(m).category for m in df["metric"].unique()}
+    df["category"] = np.where(df["method"].str.startswith("baseline:"), "baseline", df["metric"].map(category))
+    points = []
+    for (mode, order), c in res.curves["attention"].items():
         points += [{"example_id": ex.example_id, "curve": mode, "order": order, "fraction": float(f),
                     "value": float(v)} for f, v in zip(c.fractions.tolist(), c.values[0].double().tolist())]
-    # the signal is the gap to the random order (METRICS.md), not a raw AUC: a model whose output
-    # ignores the regions has flat curves, a high raw insertion AUC and a zero gap
-    for name, (mode, hi, lo) in _GAPS.items():
-        if (mode, hi) in curves and (mode, lo) in curves:
-            extra.append(_row(ex, name, float(curves[(mode, hi)].auc[0] - curves[(mode, lo)].auc[0]), "faithfulness"))
-    if cfg.agreement:
-        loo = F.leave_one_out(score, valid) if memo is None else memo(("loo",), lambda: F.leave_one_out(score, valid))
-        v = valid[0].numpy()
-        for k, val in rank_agreement(imp[0].numpy()[v], loo[0].numpy()[v], k=_TOP_K).items():
-            extra.append(_row(ex, f"loo_{k}", val, "agreement"))
-    methods = tuple(getattr(cfg, "gradient_agreement", ()))
-    if methods:
-        source = _NOT_EXAMPLE_SCORER if region_forward is None else region_forward()
-        extra += _gradient_rows(ex, source, methods, imp, valid, memo)
-    return pd.concat([df, pd.DataFrame(extra)], ignore_index=True), points
+    return df, points
 
 
 def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed: int = 0
@@ -228,10 +212,10 @@ def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed
 
     Returns:
         ``(long, curves)``: long rows ``example_id, method, metric, value, reason, subset, target,
-        phrase, category, higher_is_better`` and the curves of every example
-        (:data:`EXAMPLE_CURVE_COLUMNS`).
+        phrase, category, higher_is_better`` (category and direction from the metric registry) and
+        the curves of every example (:data:`EXAMPLE_CURVE_COLUMNS`).
     """
-    from ..metrics.suite import HIGHER_IS_BETTER
+    from ..metrics.registry import direction
 
     frames, points = [], []
     forwards = getattr(scorer, "region_forward", None)
@@ -249,9 +233,7 @@ def metric_rows(examples: Sequence, scorer, cfg, *, baselines: bool = True, seed
     if not frames:
         raise ShapeError("metric_rows needs at least one example")
     long = pd.concat(frames, ignore_index=True)
-    hib = {**HIGHER_IS_BETTER, "deletion_gap": True, "insertion_gap": True,
-           **{f"{p}_{k}": True for p in ("loo", *GRADIENT_PREFIX.values()) for k in _AGREEMENT}}
-    long["higher_is_better"] = long["metric"].map(hib)
+    long["higher_is_better"] = long["metric"].map({m: direction(m) for m in long["metric"].unique()})
     return long, pd.DataFrame(points, columns=EXAMPLE_CURVE_COLUMNS)
 
 

@@ -319,38 +319,22 @@ def _explainer_rows(task, model, examples, scorer, cfg: StudyConfig, analyse, lo
 def _feature_norms(model: torch.nn.Module, record: list):
     """Record max | ||x|| - 1 | of the query and key features entering every alignment function of an
     attnlens attention site (all-zero padded rows ignored), to check the unit-feature condition of
-    the equivalence statement on the data actually analysed."""
-    def hook(module, args, output):
-        for x in args[:2]:
-            if isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= 1:
-                n = x.detach().float().norm(dim=-1).flatten()
-                n = n[n > 1e-6]
-                if n.numel():
-                    record.append(float((n - 1).abs().max()))
+    the equivalence statement on the data actually analysed.
 
-    aligns = [m.alignment for m in model.modules()
-              if hasattr(m, "probe") and isinstance(getattr(m, "alignment", None), torch.nn.Module)]
-    handles = [a.register_forward_hook(hook) for a in aligns]
-    # all-pairs scoring (SCAN, RCAR) calls `alignment.pairwise`, which forward hooks do not see:
-    # shadow it on the instance for the duration of the block
-    wrapped = []
-    for a in aligns:
-        if callable(getattr(a, "pairwise", None)) and "pairwise" not in vars(a):
-            original = a.pairwise
+    The sites measure it themselves while a capture listens (``ProbeRecord.meta``
+    ``feature_norm_deviation``, :func:`attnlens.models.attention.feature_norm_deviation`; SCAN's and
+    RCAR's all-pairs paths included), so this is a capture over the block: no method of the model is
+    replaced, and outside the block the sites compute nothing extra."""
+    from ..capture import capture
+    from ..models.attention import FEATURE_NORM_DEVIATION
 
-            def pairwise(query, key, _original=original, _module=a):
-                hook(_module, (query, key), None)
-                return _original(query, key)
-
-            a.pairwise = pairwise
-            wrapped.append(a)
-    try:
+    with capture(model, strict=False, keep_scores=False) as rec:
         yield
+    try:
+        record.extend(float(m.meta[FEATURE_NORM_DEVIATION]) for m in rec.maps
+                      if m.meta.get(FEATURE_NORM_DEVIATION) is not None)
     finally:
-        for h in handles:
-            h.remove()
-        for a in wrapped:
-            del a.pairwise
+        rec.close()
 
 
 def _model_info(model: torch.nn.Module, norms: Sequence[float] = ()) -> dict:

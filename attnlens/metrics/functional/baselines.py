@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ...errors import ShapeError, UnknownNameError
@@ -18,8 +19,6 @@ from ._common import check_bool, int_param, real_param
 
 def _size(n, height, width, fn: str) -> tuple[int, int, int]:
     return (int_param(n, "n", fn, lo=0), int_param(height, "height", fn, lo=1), int_param(width, "width", fn, lo=1))
-from .grounding import (mask_auroc, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy,
-                        topk_intersection)
 
 BASELINES = ("uniform", "centre", "random")
 
@@ -71,29 +70,30 @@ def baseline_maps(name: str, n: int, height: int, width: int, seed: int = 0) -> 
     raise UnknownNameError("baseline", name, BASELINES)
 
 
-_METRICS = {
-    "pointing_game": lambda m, g, o: pointing_game(m, g, tolerance=o.get("tolerance", 15)),
-    "relevance_mass_accuracy": lambda m, g, o: relevance_mass_accuracy(m, g),
-    "relevance_rank_accuracy": lambda m, g, o: relevance_rank_accuracy(m, g),
-    "mask_auroc": lambda m, g, o: mask_auroc(m, g),
-    "topk_intersection": lambda m, g, o: topk_intersection(
-        m, g, k=min(int_param(o.get("k", 1000), "k", "grounding_baselines", lo=1), m.shape[1] * m.shape[2])),
-}
+def _mask_boxes(masks: torch.Tensor) -> list[np.ndarray]:
+    """The bounding box ``[1, 4]`` (``xyxy``, pixel edges) of each mask, ``[0, 4]`` for an empty one:
+    the target box of the metrics that read boxes (``box_accuracy``)."""
+    out = []
+    for m in masks.cpu().numpy():
+        rr, cc = np.nonzero(m)
+        out.append(np.array([[cc.min(), rr.min(), cc.max() + 1, rr.max() + 1]], np.float64) if len(rr)
+                   else np.zeros((0, 4)))
+    return out
 
 
-def grounding_baselines(masks, metrics: Sequence[str] = ("pointing_game", "relevance_mass_accuracy",
-                                                          "relevance_rank_accuracy", "mask_auroc"),
-                        baselines: Sequence[str] = BASELINES, seed: int = 0,
-                        **options) -> dict[str, dict[str, torch.Tensor]]:
+def grounding_baselines(masks, metrics: Sequence[str] | None = None, baselines: Sequence[str] = BASELINES,
+                        seed: int = 0, **options) -> dict[str, dict[str, torch.Tensor]]:
     """Score the baseline maps on the ground-truth ``masks`` ``[N, H, W]``.
 
     Args:
         masks: ``[N, H, W]`` bool ground-truth regions.
-        metrics: names among ``pointing_game``, ``relevance_mass_accuracy``,
-            ``relevance_rank_accuracy``, ``mask_auroc``, ``topk_intersection``.
+        metrics: names of registered map-based grounding metrics (``inputs="pixel_map"``,
+            :mod:`attnlens.metrics.registry`; default: all of them). A metric that reads the
+            target's boxes gets each mask's bounding box.
         baselines: names among :data:`BASELINES`.
         seed: seed of the random map.
-        **options: ``tolerance`` (pointing game, default 15), ``k`` (top-k intersection).
+        **options: the metrics' options (``tolerance`` of the pointing game, ``k`` of the top-k
+            intersection, ...); the rest keep their registered defaults.
 
     Returns:
         ``{baseline: {metric: [N] float64}}``.
@@ -103,23 +103,31 @@ def grounding_baselines(masks, metrics: Sequence[str] = ("pointing_game", "relev
     >>> r["uniform"]["pointing_game"].tolist(), r["centre"]["pointing_game"].tolist()
     ([0.0], [0.0])
     """
+    from ..registry import get_metric, metric_names
+
     masks = check_bool(masks, "grounding_baselines: masks")
     if masks.ndim != 3:
         raise ShapeError(f"grounding_baselines: masks must be [N, H, W], got shape {tuple(masks.shape)}")
+    known = metric_names(category="grounding", inputs="pixel_map")
     if isinstance(metrics, str) or isinstance(baselines, str):
-        raise UnknownNameError("grounding metric list (a list of names, not a string)", str(metrics), _METRICS)
+        raise UnknownNameError("grounding metric list (a list of names, not a string)", str(metrics), known)
+    metrics = known if metrics is None else tuple(metrics)
     for m in metrics:
-        if m not in _METRICS:
-            raise UnknownNameError("grounding metric", m, _METRICS)
+        if m not in known:
+            raise UnknownNameError("grounding metric", str(m), known)
     for b in baselines:
         if b not in BASELINES:
             raise UnknownNameError("baseline", b, BASELINES)
-    unknown = sorted(set(options) - {"tolerance", "k"})
+    entries = [get_metric(m) for m in metrics]
+    names = sorted({o.name for e in entries for o in e.options})
+    unknown = sorted(set(options) - set(names))
     if unknown:
-        raise UnknownNameError("grounding_baselines option", unknown[0], ("tolerance", "k"))
+        raise UnknownNameError("grounding_baselines option", unknown[0], names)
+    opts = {e.name: e.resolve(options) for e in entries}
+    gt = _mask_boxes(masks) if entries else []
     n, h, w = masks.shape
     out = {}
     for b in baselines:
         maps = baseline_maps(b, n, h, w, seed)
-        out[b] = {m: _METRICS[m](maps, masks, options) for m in metrics}
+        out[b] = {e.name: e.fn(maps, masks, gt, **opts[e.name])[0] for e in entries}
     return out
