@@ -179,7 +179,7 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(UnknownNameError, match="model spec"):
         attnlens.evaluate(tiny_vilt(), root, spec="nope", out=tmp_path / "o")
     with pytest.raises(UnknownNameError, match="explainer of spec 'vilt'"):
-        attnlens.evaluate(tiny_vilt(), root, spec="vilt", explainers=("rollout",), out=tmp_path / "o")
+        attnlens.evaluate(tiny_vilt(), root, spec="vilt", explainers=("integrated_gradients",), out=tmp_path / "o")
     with pytest.raises(ShapeError, match="at least 2"):
         attnlens.evaluate(tiny_vilt(), load_data(root)[:1], spec="vilt", out=tmp_path / "o")
     with pytest.raises(ShapeError, match="region features"):
