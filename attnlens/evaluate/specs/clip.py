@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ShapeError
-from ..spec import encode_words
-from .pixels import PatchSpec, _fuse
+from .pixels import TowersSpec, _fuse
 
 __all__ = ["ClipSpec", "rollout_row"]
 
@@ -45,25 +44,12 @@ def rollout_row(layers: list[torch.Tensor], cls: int | None = 0) -> torch.Tensor
     return joint[cls] if cls is not None else joint.mean(0)
 
 
-class ClipSpec(PatchSpec):
+class ClipSpec(TowersSpec):
     """CLIP / SigLIP image-text similarity (module docstring)."""
 
     name = "clip"
     explainers = ("raw", "rollout", "gradient_weighted", "attention_x_gradient", "input_x_gradient",
                   "integrated_gradients")
-    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-    def _config(self, model):
-        return model.config.vision_config
-
-    def _text_config(self, model):
-        return model.config.text_config
-
-    def inputs(self, model, item) -> dict:
-        ids, _ = encode_words(self._tok(model), item.tokens, int(self._text_config(model).max_position_embeddings))
-        pixels, _ = self._pixels(model, item)
-        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-                "pixel_values": pixels}
 
     def word_positions(self, model, item, inputs) -> list[list[int]]:
         return [[0] for _ in item.tokens]  # one row for every word (module docstring)

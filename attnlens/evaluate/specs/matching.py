@@ -20,13 +20,12 @@ import torch
 
 from ...errors import ShapeError
 from ...tasks.common import remove_regions
-from ...types import Regions
-from ..spec import ModelSpec
+from .scan import SimilaritySpec
 
 __all__ = ["MatchingSpec"]
 
 
-class MatchingSpec(ModelSpec):
+class MatchingSpec(SimilaritySpec):
     """An attnlens ``MatchingModel`` on an image with region boxes (module docstring)."""
 
     name = "matching"
@@ -48,14 +47,6 @@ class MatchingSpec(ModelSpec):
                 "region_mask": torch.ones(1, len(item.boxes), dtype=torch.bool, device=dev),
                 "tokens": torch.tensor([ids], device=dev), "lengths": torch.tensor([len(ids)], device=dev)}
 
-    def regions(self, model, item, inputs) -> Regions:
-        return item.regions
-
-    def word_positions(self, model, item, inputs) -> list[list[int]]:
-        return [[i] for i in range(len(item.tokens))]
-
-    def target(self, output) -> torch.Tensor:
-        return output[:, 0].float() if output.shape[1] == 1 else torch.diagonal(output).float()
 
     def _features(self, model, inputs) -> torch.Tensor:
         return model.encode_images(inputs["images"], inputs["boxes"], inputs["region_mask"])

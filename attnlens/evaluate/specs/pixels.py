@@ -180,10 +180,10 @@ class ViltSpec(PatchSpec):
         return output.logits[:, 0].float()
 
 
-class BlipSpec(PatchSpec):
-    """BLIP image-text matching on pixels (module docstring)."""
+class TowersSpec(PatchSpec):
+    """Models with a vision and a text config (BLIP, CLIP, SigLIP): CLIP's pixel mean / std, the
+    words as ids, the image resized to the vision tower's size."""
 
-    name = "blip"
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
     def _config(self, model):
@@ -197,6 +197,12 @@ class BlipSpec(PatchSpec):
         pixels, _ = self._pixels(model, item)
         return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
                 "pixel_values": pixels}
+
+
+class BlipSpec(TowersSpec):
+    """BLIP image-text matching on pixels (module docstring)."""
+
+    name = "blip"
 
     def target(self, output) -> torch.Tensor:
         return output.itm_score[:, 1].float()

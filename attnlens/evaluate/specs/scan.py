@@ -75,7 +75,21 @@ def load_scan(path, vocab=None, *, direction: str = "t2i", alignment: str = "dot
                            **{k: v for k, v in options.items() if v is not None}).eval()
 
 
-class ScanSpec(ModelSpec):
+class SimilaritySpec(ModelSpec):
+    """What the specs of attnlens' similarity models share: one row per word, the item's regions,
+    the output = the pair's similarity (``[B, 1]`` column or the diagonal of ``[B, B]``)."""
+
+    def regions(self, model, item, inputs) -> Regions:
+        return item.regions
+
+    def word_positions(self, model, item, inputs) -> list[list[int]]:
+        return [[i] for i in range(len(item.tokens))]
+
+    def target(self, output) -> torch.Tensor:
+        return output[:, 0].float() if output.shape[1] == 1 else torch.diagonal(output).float()
+
+
+class ScanSpec(SimilaritySpec):
     """SCAN matching on precomputed features (module docstring)."""
 
     name = "scan"
@@ -96,14 +110,6 @@ class ScanSpec(ModelSpec):
         return {"images": torch.as_tensor(item.features, dtype=torch.float32)[None], "tokens": torch.tensor([ids]),
                 "lengths": torch.tensor([len(ids)]), "image_mask": torch.ones(1, len(item.features), dtype=torch.bool)}
 
-    def regions(self, model, item, inputs) -> Regions:
-        return item.regions
-
-    def word_positions(self, model, item, inputs) -> list[list[int]]:
-        return [[i] for i in range(len(item.tokens))]
-
-    def target(self, output) -> torch.Tensor:
-        return output[:, 0].float() if output.shape[1] == 1 else torch.diagonal(output).float()
 
     def attention(self, model, item, inputs: dict, method: str, **options) -> torch.Tensor:
         w = super().attention(model, item, inputs, method, **options)
