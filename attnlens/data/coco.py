@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..errors import FormatError, require
 from ..geometry import clip_boxes, xywh_to_xyxy
 from ..io import confine
 from ..types import GroundedCaption, Phrase, Regions
+from ._json import read_json
 from ._files import MissingFileError, progress_bar, require_path
 from .vocab import simple_tokenize
 
@@ -69,14 +69,7 @@ class CocoCaption:
 
 
 def _read(path, what: str) -> dict:
-    path = require_path(path, what)
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise FormatError("expected a JSON object at the top level", path=path)
     return data

@@ -34,6 +34,7 @@ import torch
 
 from ..errors import ShapeError
 from ..io import save_dataframe, write_json
+from ..study.dataset import MetricSettings
 
 __all__ = ["evaluate", "EvaluateResult", "DEFAULT_SETTINGS"]
 
@@ -64,21 +65,12 @@ class EvaluateResult:
                 f"metrics rows={len(self.metrics)})")
 
 
-@dataclass(frozen=True)
-class _Settings:
-    removal: str = "mask"
-    steps: int = 10
-    n_subsets: int = 20
-    agreement: bool = True
-    gradient_agreement: tuple = ()
-
-
-def _settings(settings) -> _Settings:
+def _settings(settings) -> MetricSettings:
     if settings is None:
-        return _Settings(**DEFAULT_SETTINGS)
+        return MetricSettings(**DEFAULT_SETTINGS)
     if isinstance(settings, dict):
-        return _Settings(**{**DEFAULT_SETTINGS, **settings})
-    return _Settings(**{k: getattr(settings, k) for k in DEFAULT_SETTINGS})
+        return MetricSettings(**{**DEFAULT_SETTINGS, **settings})
+    return MetricSettings(**{k: getattr(settings, k) for k in DEFAULT_SETTINGS})
 
 
 def _digest_model(model: torch.nn.Module) -> str:

@@ -55,7 +55,8 @@ from ..tasks import get_task
 from . import example_metrics
 from .units import save_examples
 
-__all__ = ["DONE", "ENGINES", "OUTPUTS", "PARTIAL", "SHARD", "capture_dataset", "job_done", "shard_plan"]
+__all__ = ["DONE", "ENGINES", "MetricSettings", "OUTPUTS", "PARTIAL", "SHARD", "capture_dataset", "job_done",
+           "shard_plan"]
 
 #: The merged files, published in this order (``DONE.json`` last).
 OUTPUTS = ("examples.json", "examples.npz", "long.csv", "curves.csv")
@@ -128,7 +129,7 @@ def _compute_shard(job: _Job, start: int, stop: int, model=None) -> dict:
         save_examples(staging, examples)
         if job.metrics and examples:
             scorer = example_metrics.example_scorer(task, model, examples, removal=job.settings["removal"])
-            long, curves = example_metrics.metric_rows(examples, scorer, _Settings(**job.settings), baselines=job.baselines)
+            long, curves = example_metrics.metric_rows(examples, scorer, MetricSettings(**job.settings), baselines=job.baselines)
             save_dataframe(long.assign(**job.columns), staging / "long.csv")
         if job.metrics:  # exact floats (JSON keeps every bit of a float64, NaN included)
             cols = {c: curves[c].tolist() for c in example_metrics.EXAMPLE_CURVE_COLUMNS} if examples else \
@@ -147,7 +148,7 @@ def _compute_shard(job: _Job, start: int, stop: int, model=None) -> dict:
 
 
 @dataclass(frozen=True)
-class _Settings:
+class MetricSettings:
     """The metric settings :func:`metric_rows` reads (a ``StudyConfig`` has the same fields)."""
 
     removal: str = "mask"
